@@ -1,0 +1,3 @@
+module github.com/podmeta/podmeta
+
+go 1.26
