@@ -1,0 +1,311 @@
+// Package admission is the HTTP transport of the mutating webhook: it limits
+// and decodes an AdmissionReview v1, hands Pod CREATEs to mutate.Pod, turns
+// what mutate added into a JSON Patch (package patch) and encodes the
+// answer. The injection decision itself lives in package mutate.
+package admission
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"net/http"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podmeta/podmeta/mutate"
+	"github.com/podmeta/podmeta/patch"
+)
+
+// MaxBodyBytes bounds a request body. The API server limits objects to
+// about 3 MiB in etcd; an AdmissionReview can carry the object twice (object
+// and oldObject), hence controller-runtime's 7 MiB, which we follow.
+const MaxBodyBytes = 7 << 20
+
+// maxWarnings bounds the admission warnings per review: the API server
+// truncates long lists, and the status annotation has them all anyway.
+const maxWarnings = 10
+
+// Outcomes, the label values of podmeta_admission_requests_total.
+const (
+	OutcomePatched     = "patched"      // opted-in pod, patch returned
+	OutcomeUnchanged   = "unchanged"    // opted-in pod, nothing to add (reinvocation)
+	OutcomeNotOptedIn  = "not_opted_in" // pod without the opt-in label
+	OutcomeIgnored     = "ignored"      // not a Pod CREATE
+	OutcomeDenied      = "denied"       // invalid podmeta annotation
+	OutcomeBadRequest  = "bad_request"  // not a usable AdmissionReview
+	OutcomeServerError = "error"        // a bug: patch failure or panic
+)
+
+const admissionV1 = "admission.k8s.io/v1"
+
+type handler struct {
+	cfg     mutate.Config
+	log     *slog.Logger
+	m       *metrics
+	bufPool sync.Pool
+}
+
+// NewHandler returns the POST handler for AdmissionReview v1 (the server
+// mounts it at /mutate). cfg is validated here; metrics are registered on
+// reg (nil: not registered anywhere).
+func NewHandler(cfg mutate.Config, logger *slog.Logger, reg prometheus.Registerer) (http.Handler, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("admission handler: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("admission handler: register metrics: %w", err)
+	}
+	h := &handler{cfg: cfg, log: logger, m: m}
+	h.bufPool.New = func() any { return new(bytes.Buffer) }
+	return h, nil
+}
+
+// httpError is a transport-level failure: the API server applies the
+// webhook's failurePolicy and shows the message.
+type httpError struct {
+	code int
+	msg  string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func badRequest(format string, args ...any) *httpError {
+	return &httpError{code: http.StatusBadRequest, msg: fmt.Sprintf(format, args...)}
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	outcome := OutcomeServerError
+	defer func() {
+		if v := recover(); v != nil {
+			h.log.Error("panic serving admission review", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			outcome = OutcomeServerError
+			http.Error(w, fmt.Sprintf("podmeta: internal error: %v", v), http.StatusInternalServerError)
+		}
+		h.m.requests.WithLabelValues(outcome).Inc()
+		h.m.duration.Observe(time.Since(start).Seconds())
+	}()
+	out, body, err := h.serve(w, r)
+	outcome = out
+	if err != nil {
+		var he *httpError
+		if !errors.As(err, &he) {
+			he = &httpError{code: http.StatusInternalServerError, msg: "podmeta: internal error: " + err.Error()}
+			h.log.Error("admission review failed", "error", err)
+		} else {
+			h.log.Warn("bad admission request", "status", he.code, "error", he.msg, "remote", r.RemoteAddr)
+		}
+		http.Error(w, he.msg, he.code)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(body)
+}
+
+// serve returns the outcome and the encoded AdmissionReview, or an error
+// (an *httpError for the client's faults).
+func (h *handler) serve(w http.ResponseWriter, r *http.Request) (string, []byte, error) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		return OutcomeBadRequest, nil, &httpError{code: http.StatusMethodNotAllowed, msg: fmt.Sprintf("method %s not allowed: POST an AdmissionReview", r.Method)}
+	}
+	ct := r.Header.Get("Content-Type")
+	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+		return OutcomeBadRequest, nil, &httpError{code: http.StatusUnsupportedMediaType, msg: fmt.Sprintf("Content-Type %q not supported: want application/json", ct)}
+	}
+	buf := h.bufPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer func() {
+		// Do not keep huge buffers alive in the pool.
+		if buf.Cap() <= 1<<20 {
+			h.bufPool.Put(buf)
+		}
+	}()
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxBodyBytes)); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return OutcomeBadRequest, nil, &httpError{code: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("request body larger than %d bytes", MaxBodyBytes)}
+		}
+		return OutcomeBadRequest, nil, badRequest("read request body: %v", err)
+	}
+	var review admissionv1.AdmissionReview
+	if err := json.Unmarshal(buf.Bytes(), &review); err != nil {
+		return OutcomeBadRequest, nil, badRequest("decode AdmissionReview: %v", err)
+	}
+	if review.APIVersion != admissionV1 || review.Kind != "AdmissionReview" {
+		return OutcomeBadRequest, nil, badRequest("unsupported apiVersion %q, kind %q: want %s AdmissionReview", review.APIVersion, review.Kind, admissionV1)
+	}
+	req := review.Request
+	if req == nil {
+		return OutcomeBadRequest, nil, badRequest("AdmissionReview has no request")
+	}
+	if req.UID == "" {
+		return OutcomeBadRequest, nil, badRequest("AdmissionReview request has no uid")
+	}
+	outcome, resp, err := h.review(req)
+	if err != nil {
+		return outcome, nil, err
+	}
+	resp.UID = req.UID
+	body, err := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: review.APIVersion, Kind: review.Kind},
+		Response: resp,
+	})
+	if err != nil {
+		return OutcomeServerError, nil, fmt.Errorf("encode AdmissionReview: %w", err)
+	}
+	return outcome, body, nil
+}
+
+func isPodCreate(req *admissionv1.AdmissionRequest) bool {
+	return req.Operation == admissionv1.Create && req.SubResource == "" &&
+		req.Kind.Group == "" && req.Kind.Version == "v1" && req.Kind.Kind == "Pod"
+}
+
+// review decides. It has no side effects, so dryRun requests get exactly
+// the same answer.
+func (h *handler) review(req *admissionv1.AdmissionRequest) (string, *admissionv1.AdmissionResponse, error) {
+	allowed := &admissionv1.AdmissionResponse{Allowed: true}
+	if !isPodCreate(req) {
+		return OutcomeIgnored, allowed, nil
+	}
+	if len(req.Object.Raw) == 0 {
+		return OutcomeBadRequest, nil, badRequest("Pod CREATE request has no object")
+	}
+	var pod corev1.Pod
+	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
+		return OutcomeBadRequest, nil, badRequest("decode request object as a Pod: %v", err)
+	}
+	log := h.log.With("namespace", req.Namespace, "name", podName(req, &pod), "uid", req.UID, "dryRun", req.DryRun != nil && *req.DryRun)
+	mutated, report, err := mutate.Pod(&pod, h.cfg)
+	if err != nil {
+		log.Info("pod denied", "error", err.Error())
+		return OutcomeDenied, &admissionv1.AdmissionResponse{
+			Allowed: false,
+			Result: &metav1.Status{
+				Status:  metav1.StatusFailure,
+				Code:    http.StatusBadRequest,
+				Reason:  metav1.StatusReasonBadRequest,
+				Message: "podmeta: " + err.Error(),
+			},
+		}, nil
+	}
+	if !report.OptedIn {
+		log.Debug("pod not opted in", "label", mutate.LabelInject)
+		return OutcomeNotOptedIn, allowed, nil
+	}
+	for _, s := range report.Skips {
+		h.m.skips.WithLabelValues(s.What, s.Reason).Inc()
+	}
+	allowed.Warnings = warnings(report.Skips)
+	ops, err := patch.Pod(&pod, mutated)
+	if err != nil {
+		return OutcomeServerError, nil, fmt.Errorf("build patch: %w", err)
+	}
+	if len(ops) == 0 {
+		log.Debug("pod already injected", "injected", report.Injected)
+		return OutcomeUnchanged, allowed, nil
+	}
+	p, err := json.Marshal(ops)
+	if err != nil {
+		return OutcomeServerError, nil, fmt.Errorf("encode patch: %w", err)
+	}
+	for _, part := range report.Injected {
+		h.m.injections.WithLabelValues(part).Inc()
+	}
+	pt := admissionv1.PatchTypeJSONPatch
+	allowed.Patch = p
+	allowed.PatchType = &pt
+	log.Info("pod injected", "injected", report.Injected, "containers", report.Containers, "skips", len(report.Skips), "ops", len(ops))
+	return OutcomePatched, allowed, nil
+}
+
+func podName(req *admissionv1.AdmissionRequest, pod *corev1.Pod) string {
+	switch {
+	case req.Name != "":
+		return req.Name
+	case pod.Name != "":
+		return pod.Name
+	case pod.GenerateName != "":
+		return pod.GenerateName + "*"
+	}
+	return ""
+}
+
+// warnings turns skips into short admission warnings (kubectl prints them).
+func warnings(skips []mutate.Skip) []string {
+	if len(skips) == 0 {
+		return nil
+	}
+	var out []string
+	for i, s := range skips {
+		if i == maxWarnings-1 && len(skips) > maxWarnings {
+			out = append(out, fmt.Sprintf("podmeta: %d more skips, see annotation %s", len(skips)-i, mutate.AnnotationStatus))
+			break
+		}
+		msg := "podmeta: skipped " + s.What
+		if s.Name != "" {
+			msg += " " + s.Name
+		}
+		if s.Container != "" {
+			msg += " in container " + s.Container
+		}
+		msg += ": " + s.Reason
+		if s.Detail != "" {
+			msg += " (" + s.Detail + ")"
+		}
+		out = append(out, msg)
+	}
+	return out
+}
+
+type metrics struct {
+	requests   *prometheus.CounterVec
+	injections *prometheus.CounterVec
+	skips      *prometheus.CounterVec
+	duration   prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podmeta_admission_requests_total",
+			Help: "Admission reviews handled, by outcome (patched, unchanged, not_opted_in, ignored, denied, bad_request, error).",
+		}, []string{"outcome"}),
+		injections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podmeta_injections_total",
+			Help: "Pods patched, by injected part (env, volume, ambassador).",
+		}, []string{"part"}),
+		skips: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podmeta_skips_total",
+			Help: "Things not injected into opted-in pods, by what and reason (see the podmeta.io/status annotation).",
+		}, []string{"what", "reason"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "podmeta_admission_duration_seconds",
+			Help:    "Time to answer an admission review, from request to response body.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+		}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.injections, m.skips, m.duration} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

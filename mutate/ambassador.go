@@ -1,0 +1,184 @@
+package mutate
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+)
+
+// ambassador decides about the sidecar. The container itself is inserted by
+// insertAmbassador at the end, because env and volume hold pointers into the
+// container lists.
+func (in *injection) ambassador() {
+	if !in.s.ambassador {
+		return
+	}
+	p := &in.pod.Spec
+	for _, list := range [][]corev1.Container{p.InitContainers, p.Containers} {
+		for i := range list {
+			if list[i].Name != AmbassadorName {
+				continue
+			}
+			if in.isOurAmbassador(&list[i]) {
+				in.ambassadorPresent = true
+				in.report.Injected = append(in.report.Injected, PartAmbassador)
+			} else {
+				in.skip(PartAmbassador, "", AmbassadorName, ReasonUserDefined, "")
+			}
+			return
+		}
+	}
+	if p.HostNetwork {
+		in.skip(PartAmbassador, "", AmbassadorName, ReasonHostNetwork, "")
+		return
+	}
+	if p.AutomountServiceAccountToken != nil && !*p.AutomountServiceAccountToken && !in.s.ambassadorExplicit {
+		in.skip(PartAmbassador, "", AmbassadorName, ReasonTokenAutomountOff,
+			fmt.Sprintf("set %s: \"true\" to inject it anyway", AnnotationAmbassador))
+		return
+	}
+	if !in.s.native && p.RestartPolicy != "" && p.RestartPolicy != corev1.RestartPolicyAlways {
+		in.skip(PartAmbassador, "", AmbassadorName, ReasonRestartPolicy,
+			fmt.Sprintf("restartPolicy %s needs a native sidecar (%s: \"true\")", p.RestartPolicy, AnnotationNativeSidecar))
+		return
+	}
+	for _, list := range [][]corev1.Container{p.InitContainers, p.Containers} {
+		for i := range list {
+			for _, cp := range list[i].Ports {
+				if int(cp.ContainerPort) == in.s.port || int(cp.ContainerPort) == in.s.port+1 {
+					in.skip(PartAmbassador, list[i].Name, AmbassadorName, ReasonPortInUse,
+						fmt.Sprintf("container port %d; choose another with %s", cp.ContainerPort, AnnotationAmbassadorPort))
+					return
+				}
+			}
+		}
+	}
+	haveVolume := false
+	for i := range p.Volumes {
+		if p.Volumes[i].Name != APIAccessVolumeName {
+			continue
+		}
+		if !isOurAPIAccess(&p.Volumes[i]) {
+			in.skip(PartAmbassador, "", APIAccessVolumeName, ReasonUserDefined, "the ambassador's token volume name is taken")
+			return
+		}
+		haveVolume = true
+	}
+	in.needAPIAccess = !haveVolume
+	in.ambassadorPresent = true
+	in.report.Injected = append(in.report.Injected, PartAmbassador)
+	c := in.ambassadorContainer()
+	in.pendingAmbassador = &c
+	in.changed = true
+}
+
+// insertAmbassador puts the sidecar first among the init containers (so it
+// serves the other init containers too) or, for clusters without native
+// sidecars, last among the containers.
+func (in *injection) insertAmbassador() {
+	c := in.pendingAmbassador
+	if c == nil {
+		return
+	}
+	if in.needAPIAccess {
+		in.appendVolume(in.apiAccessVolume())
+	}
+	p := &in.pod.Spec
+	if in.s.native {
+		ics := make([]corev1.Container, 0, len(p.InitContainers)+1)
+		ics = append(ics, *c)
+		p.InitContainers = append(ics, p.InitContainers...)
+		return
+	}
+	p.Containers = append(p.Containers, *c)
+}
+
+func (in *injection) ambassadorArgs() []string {
+	args := []string{
+		"--listen=127.0.0.1:" + strconv.Itoa(in.s.port),
+		"--health-listen=:" + strconv.Itoa(in.s.port+1),
+		"--policy=" + in.s.policy,
+	}
+	if in.s.allow != "" {
+		args = append(args, "--allow="+in.s.allow)
+	}
+	return args
+}
+
+// isOurAmbassador tells the sidecar of an earlier pass (possibly defaulted
+// by the API server since) from a user's container of the same name.
+func (in *injection) isOurAmbassador(c *corev1.Container) bool {
+	return c.Name == AmbassadorName && c.Image == in.cfg.Ambassador.Image && slices.Equal(c.Args, in.ambassadorArgs())
+}
+
+func isOurAPIAccess(v *corev1.Volume) bool {
+	if v.Projected == nil {
+		return false
+	}
+	for _, s := range v.Projected.Sources {
+		if s.ServiceAccountToken != nil {
+			return true
+		}
+	}
+	return false
+}
+
+func (in *injection) ambassadorContainer() corev1.Container {
+	health := intstr.FromInt(in.s.port + 1)
+	c := corev1.Container{
+		Name:            AmbassadorName,
+		Image:           in.cfg.Ambassador.Image,
+		ImagePullPolicy: in.cfg.Ambassador.ImagePullPolicy,
+		Args:            in.ambassadorArgs(),
+		Resources:       *in.cfg.Ambassador.Resources.DeepCopy(),
+		// The app containers start once this succeeds, so their first
+		// request already finds the proxy listening.
+		StartupProbe: &corev1.Probe{
+			ProbeHandler:     corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: health}},
+			PeriodSeconds:    1,
+			FailureThreshold: 30,
+		},
+		ReadinessProbe: &corev1.Probe{
+			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/readyz", Port: health}},
+			PeriodSeconds: 10,
+		},
+		VolumeMounts: []corev1.VolumeMount{{Name: APIAccessVolumeName, MountPath: APIAccessMountPath, ReadOnly: true}},
+		SecurityContext: &corev1.SecurityContext{
+			RunAsNonRoot:             ptr.To(true),
+			RunAsUser:                ptr.To[int64](65532),
+			RunAsGroup:               ptr.To[int64](65532),
+			ReadOnlyRootFilesystem:   ptr.To(true),
+			AllowPrivilegeEscalation: ptr.To(false),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
+	if in.s.native {
+		c.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
+	}
+	return c
+}
+
+// apiAccessVolume mirrors the kube-api-access volume the ServiceAccount
+// admission plugin gives app containers: a rotating bound token, the
+// cluster CA and the namespace.
+func (in *injection) apiAccessVolume() corev1.Volume {
+	return corev1.Volume{Name: APIAccessVolumeName, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		DefaultMode: ptr.To[int32](0o444),
+		Sources: []corev1.VolumeProjection{
+			{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token", ExpirationSeconds: ptr.To(in.cfg.Ambassador.TokenExpirationSeconds)}},
+			{ConfigMap: &corev1.ConfigMapProjection{
+				LocalObjectReference: corev1.LocalObjectReference{Name: "kube-root-ca.crt"},
+				Items:                []corev1.KeyToPath{{Key: "ca.crt", Path: "ca.crt"}},
+			}},
+			{DownwardAPI: &corev1.DownwardAPIProjection{Items: []corev1.DownwardAPIVolumeFile{
+				{Path: "namespace", FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.namespace"}},
+			}}},
+		},
+	}}}
+}

@@ -1,0 +1,449 @@
+package mutate
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+)
+
+// Pod returns pod with podmeta's injections and a Report of what was
+// injected and skipped. It never modifies pod; to stay cheap on the admission
+// hot path the result shares the parts it did not change (user env vars,
+// resources, ...) with pod, so DeepCopy the result before changing it.
+//
+// A pod without the label podmeta.io/inject="true" is returned as is (same
+// pointer) with Report.OptedIn false. An invalid podmeta annotation yields
+// an error wrapping *AnnotationError values, which name the annotation.
+//
+// Pod is idempotent: run on its own output it changes nothing, which the
+// webhook's reinvocationPolicy IfNeeded relies on.
+func Pod(pod *corev1.Pod, cfg Config) (*corev1.Pod, Report, error) {
+	if pod.Labels[LabelInject] != "true" {
+		return pod, Report{}, nil
+	}
+	s, err := parseAnnotations(pod.Annotations, cfg)
+	if err != nil {
+		return nil, Report{}, err
+	}
+	if len(pod.Spec.Containers) == 0 {
+		return nil, Report{}, errors.New("spec.containers: a pod needs at least one container")
+	}
+	in := &injection{cfg: &cfg, s: &s, orig: pod, report: Report{OptedIn: true}}
+	out := *pod
+	in.pod = &out
+	// Copy-on-write of the lists podmeta may change; the elements are
+	// shallow copies, their own env and mount lists are replaced, never
+	// appended to in place.
+	out.Spec.Containers = cloneContainers(pod.Spec.Containers, 1)
+	out.Spec.InitContainers = cloneContainers(pod.Spec.InitContainers, 1)
+	if err := in.selectContainers(); err != nil {
+		return nil, Report{}, err
+	}
+	in.ambassador()
+	in.volume()
+	in.env()
+	in.finish()
+	return in.pod, in.report, nil
+}
+
+// cloneContainers copies the list with room for extra elements; nil stays
+// nil so that "absent" survives into the patch.
+func cloneContainers(c []corev1.Container, extra int) []corev1.Container {
+	if c == nil {
+		return nil
+	}
+	out := make([]corev1.Container, len(c), len(c)+extra)
+	copy(out, c)
+	return out
+}
+
+var partOrder = []string{PartEnv, PartVolume, PartAmbassador}
+
+type injection struct {
+	cfg    *Config
+	s      *settings
+	orig   *corev1.Pod
+	pod    *corev1.Pod
+	report Report
+	// selected are pointers into pod's container lists, in pod order:
+	// init containers first.
+	selected []*corev1.Container
+	// ambassadorPresent: the ambassador is in the pod (added now or before).
+	ambassadorPresent bool
+	pendingAmbassador *corev1.Container
+	needAPIAccess     bool
+	changed           bool
+}
+
+func (in *injection) skip(what, container, name, reason, detail string) {
+	in.report.Skips = append(in.report.Skips, Skip{What: what, Container: container, Name: name, Reason: reason, Detail: detail})
+}
+
+// selectContainers picks the user containers that get env vars and the
+// mount: all of them, or those named by podmeta.io/containers. Our own
+// ambassador never counts as a user container.
+func (in *injection) selectContainers() error {
+	var missing []string
+	found := map[string]bool{}
+	pick := func(list []corev1.Container) {
+		for i := range list {
+			c := &list[i]
+			if in.isOurAmbassador(c) {
+				continue
+			}
+			if in.s.containers == nil || in.s.containers[c.Name] {
+				in.selected = append(in.selected, c)
+				found[c.Name] = true
+			}
+		}
+	}
+	pick(in.pod.Spec.InitContainers)
+	pick(in.pod.Spec.Containers)
+	for _, n := range in.s.containerList {
+		if !found[n] {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) > 0 {
+		return &AnnotationError{
+			Key: AnnotationContainers, Value: in.orig.Annotations[AnnotationContainers],
+			Reason: fmt.Sprintf("no container named %s in the pod (it has: %s)", strings.Join(missing, ", "), strings.Join(in.userContainerNames(), ", ")),
+		}
+	}
+	return nil
+}
+
+func (in *injection) userContainerNames() []string {
+	var names []string
+	for _, list := range [][]corev1.Container{in.pod.Spec.InitContainers, in.pod.Spec.Containers} {
+		for i := range list {
+			if !in.isOurAmbassador(&list[i]) {
+				names = append(names, list[i].Name)
+			}
+		}
+	}
+	return names
+}
+
+func (in *injection) finish() {
+	in.insertAmbassador()
+	// Parts in a fixed order, whatever order they were decided in.
+	slices.SortFunc(in.report.Injected, func(a, b string) int {
+		return slices.Index(partOrder, a) - slices.Index(partOrder, b)
+	})
+	for _, c := range in.selected {
+		if in.touched(c) {
+			in.report.Containers = append(in.report.Containers, c.Name)
+		}
+	}
+	status := in.report.Status()
+	if in.orig.Annotations[AnnotationStatus] != status {
+		ann := make(map[string]string, len(in.orig.Annotations)+1)
+		maps.Copy(ann, in.orig.Annotations)
+		ann[AnnotationStatus] = status
+		in.pod.Annotations = ann
+		in.changed = true
+	}
+	in.report.Changed = in.changed
+	if !in.changed {
+		// Nothing added: hand back the input itself, as promised for the
+		// not-opted-in case, so callers can compare pointers.
+		in.pod = in.orig
+	}
+}
+
+// touched reports whether c carries any podmeta env var or the mount, so
+// the report lists containers consistently across passes.
+func (in *injection) touched(c *corev1.Container) bool {
+	for _, w := range in.wantEnv(c) {
+		for i := range c.Env {
+			if c.Env[i].Name == w.Name && envMatches(&c.Env[i], &w) {
+				return true
+			}
+		}
+	}
+	for i := range c.VolumeMounts {
+		if in.isOurMount(&c.VolumeMounts[i]) {
+			return true
+		}
+	}
+	return false
+}
+
+// ---- env vars ----
+
+func (in *injection) env() {
+	if !in.s.env {
+		return
+	}
+	found := false
+	for _, c := range in.selected {
+		want := in.wantEnv(c)
+		if len(want) == 0 {
+			continue
+		}
+		// One pass over the (possibly huge) user list against the few
+		// wanted names.
+		idx := make(map[string]int, len(want))
+		for i := range want {
+			idx[want[i].Name] = i
+		}
+		const absent = -1
+		at := make([]int, len(want))
+		for i := range at {
+			at[i] = absent
+		}
+		for i := range c.Env {
+			if w, ok := idx[c.Env[i].Name]; ok && at[w] == absent {
+				at[w] = i
+			}
+		}
+		var add []corev1.EnvVar
+		for i := range want {
+			switch {
+			case at[i] == absent:
+				add = append(add, want[i])
+			case envMatches(&c.Env[at[i]], &want[i]):
+				found = true // ours, from an earlier pass
+			default:
+				in.skip(PartEnv, c.Name, want[i].Name, ReasonUserDefined, "")
+			}
+		}
+		if len(add) == 0 {
+			continue
+		}
+		found = true
+		// Ours go first so that the user's $(POD_NAME) references resolve;
+		// the user's own order is kept.
+		env := make([]corev1.EnvVar, 0, len(add)+len(c.Env))
+		env = append(env, add...)
+		c.Env = append(env, c.Env...)
+		in.changed = true
+	}
+	if found {
+		in.report.Injected = append(in.report.Injected, PartEnv)
+	}
+}
+
+// wantEnv lists the env vars podmeta injects into c, in envKeys order.
+func (in *injection) wantEnv(c *corev1.Container) []corev1.EnvVar {
+	if !in.s.env {
+		return nil
+	}
+	out := make([]corev1.EnvVar, 0, len(envKeys))
+	for _, k := range envKeys {
+		name := in.cfg.EnvNames[k]
+		if name == "" {
+			continue
+		}
+		e := corev1.EnvVar{Name: in.s.prefix + name}
+		switch k {
+		case EnvPodName:
+			e.ValueFrom = fieldRef("metadata.name")
+		case EnvPodNamespace:
+			e.ValueFrom = fieldRef("metadata.namespace")
+		case EnvPodUID:
+			e.ValueFrom = fieldRef("metadata.uid")
+		case EnvPodIP:
+			e.ValueFrom = fieldRef("status.podIP")
+		case EnvPodIPs:
+			e.ValueFrom = fieldRef("status.podIPs")
+		case EnvHostIP:
+			e.ValueFrom = fieldRef("status.hostIP")
+		case EnvNodeName:
+			e.ValueFrom = fieldRef("spec.nodeName")
+		case EnvServiceAccount:
+			e.ValueFrom = fieldRef("spec.serviceAccountName")
+		case EnvCPURequest:
+			e.ValueFrom = resourceRef(c.Name, "requests.cpu")
+		case EnvCPULimit:
+			e.ValueFrom = resourceRef(c.Name, "limits.cpu")
+		case EnvMemoryRequest:
+			e.ValueFrom = resourceRef(c.Name, "requests.memory")
+		case EnvMemoryLimit:
+			e.ValueFrom = resourceRef(c.Name, "limits.memory")
+		case EnvAmbassadorURL:
+			if !in.ambassadorPresent {
+				continue
+			}
+			e.Value = "http://127.0.0.1:" + strconv.Itoa(in.s.port)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func fieldRef(path string) *corev1.EnvVarSource {
+	return &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: path}}
+}
+
+// CPU in millicores, memory in bytes: integers an app can use directly.
+var (
+	divisorCPU    = resource.MustParse("1m")
+	divisorMemory = resource.MustParse("1")
+)
+
+func resourceSelector(container, res string) *corev1.ResourceFieldSelector {
+	d := divisorMemory
+	if strings.HasSuffix(res, ".cpu") {
+		d = divisorCPU
+	}
+	return &corev1.ResourceFieldSelector{ContainerName: container, Resource: res, Divisor: d}
+}
+
+func resourceRef(container, res string) *corev1.EnvVarSource {
+	return &corev1.EnvVarSource{ResourceFieldRef: resourceSelector(container, res)}
+}
+
+// envMatches tells podmeta's own env var (from an earlier pass, possibly
+// defaulted by the API server since) from a user's one of the same name.
+func envMatches(have, want *corev1.EnvVar) bool {
+	if have.Value != want.Value {
+		return false
+	}
+	h, w := have.ValueFrom, want.ValueFrom
+	if h == nil || w == nil {
+		return h == nil && w == nil
+	}
+	if h.ConfigMapKeyRef != nil || h.SecretKeyRef != nil || h.FileKeyRef != nil {
+		return false
+	}
+	switch {
+	case w.FieldRef != nil:
+		return h.FieldRef != nil && h.FieldRef.FieldPath == w.FieldRef.FieldPath &&
+			(h.FieldRef.APIVersion == "" || h.FieldRef.APIVersion == "v1")
+	case w.ResourceFieldRef != nil:
+		return h.ResourceFieldRef != nil && selectorMatches(h.ResourceFieldRef, w.ResourceFieldRef)
+	}
+	return false
+}
+
+func selectorMatches(have, want *corev1.ResourceFieldSelector) bool {
+	return have.Resource == want.Resource &&
+		have.ContainerName == want.ContainerName &&
+		have.Divisor.Cmp(want.Divisor) == 0
+}
+
+// ---- downwardAPI volume ----
+
+func (in *injection) volume() {
+	if !in.s.volume {
+		return
+	}
+	name := in.cfg.VolumeName
+	for i := range in.pod.Spec.Volumes {
+		v := &in.pod.Spec.Volumes[i]
+		if v.Name != name {
+			continue
+		}
+		if !in.isOurVolume(v) {
+			in.skip(PartVolume, "", name, ReasonUserDefined, "")
+			return
+		}
+		in.mounts()
+		in.report.Injected = append(in.report.Injected, PartVolume)
+		return
+	}
+	if !in.mounts() {
+		in.skip(PartVolume, "", name, ReasonNoMount, "")
+		return
+	}
+	in.appendVolume(corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{DownwardAPI: in.downwardAPI()}})
+	in.report.Injected = append(in.report.Injected, PartVolume)
+}
+
+func (in *injection) appendVolume(v corev1.Volume) {
+	vols := make([]corev1.Volume, 0, len(in.pod.Spec.Volumes)+2)
+	vols = append(vols, in.pod.Spec.Volumes...)
+	in.pod.Spec.Volumes = append(vols, v)
+	in.changed = true
+}
+
+// mounts adds the read-only mount to every selected container and reports
+// whether any container has it now.
+func (in *injection) mounts() bool {
+	found := false
+	for _, c := range in.selected {
+		var conflict *corev1.VolumeMount
+		for i := range c.VolumeMounts {
+			if c.VolumeMounts[i].MountPath == in.s.mountPath {
+				conflict = &c.VolumeMounts[i]
+				break
+			}
+		}
+		switch {
+		case conflict == nil:
+			m := make([]corev1.VolumeMount, 0, len(c.VolumeMounts)+1)
+			m = append(m, c.VolumeMounts...)
+			c.VolumeMounts = append(m, corev1.VolumeMount{Name: in.cfg.VolumeName, MountPath: in.s.mountPath, ReadOnly: true})
+			in.changed = true
+			found = true
+		case in.isOurMount(conflict):
+			found = true
+		default:
+			in.skip("mount", c.Name, in.s.mountPath, ReasonMountPathInUse, "volume "+conflict.Name)
+		}
+	}
+	return found
+}
+
+func (in *injection) isOurMount(m *corev1.VolumeMount) bool {
+	return m.Name == in.cfg.VolumeName && m.MountPath == in.s.mountPath && m.ReadOnly && m.SubPath == "" && m.SubPathExpr == ""
+}
+
+// isOurVolume recognizes the volume of an earlier pass by its pod-level
+// files (the per-container ones depend on which containers existed then).
+func (in *injection) isOurVolume(v *corev1.Volume) bool {
+	d := v.DownwardAPI
+	if d == nil {
+		return false
+	}
+	for _, want := range podFiles {
+		ok := false
+		for _, it := range d.Items {
+			if it.Path == want.path && it.FieldRef != nil && it.FieldRef.FieldPath == want.field {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+var podFiles = []struct{ path, field string }{
+	{"labels", "metadata.labels"},
+	{"annotations", "metadata.annotations"},
+	{"name", "metadata.name"},
+	{"namespace", "metadata.namespace"},
+	{"uid", "metadata.uid"},
+}
+
+// containerFiles are the per-container resource files, <container>/<file>.
+var containerFiles = []struct{ file, resource string }{
+	{"cpu_request", "requests.cpu"},
+	{"cpu_limit", "limits.cpu"},
+	{"memory_request", "requests.memory"},
+	{"memory_limit", "limits.memory"},
+}
+
+func (in *injection) downwardAPI() *corev1.DownwardAPIVolumeSource {
+	items := make([]corev1.DownwardAPIVolumeFile, 0, len(podFiles)+len(containerFiles)*len(in.selected))
+	for _, f := range podFiles {
+		items = append(items, corev1.DownwardAPIVolumeFile{Path: f.path, FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: f.field}})
+	}
+	for _, c := range in.selected {
+		for _, f := range containerFiles {
+			items = append(items, corev1.DownwardAPIVolumeFile{Path: c.Name + "/" + f.file, ResourceFieldRef: resourceSelector(c.Name, f.resource)})
+		}
+	}
+	return &corev1.DownwardAPIVolumeSource{Items: items}
+}

@@ -1,0 +1,79 @@
+package mutate
+
+import "encoding/json"
+
+// Parts of the injection, as listed in Report.Injected.
+const (
+	PartEnv        = "env"
+	PartVolume     = "volume"
+	PartAmbassador = "ambassador"
+)
+
+// Reasons of a Skip. They are a closed set (metrics use them as label
+// values); Skip's other fields carry the specifics.
+const (
+	// ReasonUserDefined: the user's env var, volume or container of that
+	// name wins.
+	ReasonUserDefined = "user-defined"
+	// ReasonMountPathInUse: the container already mounts something at the
+	// mount path.
+	ReasonMountPathInUse = "mount path in use"
+	// ReasonNoMount: the volume would be mounted in no container.
+	ReasonNoMount = "no container mounts it"
+	// ReasonHostNetwork: on the node's network 127.0.0.1 is shared by every
+	// hostNetwork pod, so the ambassador would expose this pod's token to them.
+	ReasonHostNetwork = "host network"
+	// ReasonPortInUse: a container declares the ambassador's port or health port.
+	ReasonPortInUse = "port in use"
+	// ReasonTokenAutomountOff: the pod turned off the service account token;
+	// the ambassador would bring a token back unless asked for explicitly.
+	ReasonTokenAutomountOff = "service account token automount disabled"
+	// ReasonRestartPolicy: a regular (non-native) sidecar never exits, so a
+	// pod that should run to completion would never complete.
+	ReasonRestartPolicy = "restartPolicy is not Always"
+)
+
+// Report says what Pod did to one pod. Its JSON form is the
+// podmeta.io/status annotation.
+type Report struct {
+	// OptedIn is false when the pod lacks the label podmeta.io/inject="true":
+	// the pod was returned untouched and the rest of the Report is empty.
+	OptedIn bool `json:"-"`
+	// Changed is true when the returned pod differs from the input.
+	Changed bool `json:"-"`
+	// Injected lists the parts (env, volume, ambassador) present in the
+	// mutated pod, whether added by this pass or by an earlier one.
+	Injected []string `json:"injected"`
+	// Containers lists the containers (init ones included) that got env vars
+	// or the mount.
+	Containers []string `json:"containers,omitempty"`
+	// Skips lists everything podmeta left out and why.
+	Skips []Skip `json:"skips,omitempty"`
+}
+
+// Skip is one thing podmeta did not inject.
+type Skip struct {
+	// What is env, volume, mount or ambassador.
+	What string `json:"what"`
+	// Container is the container concerned, if any.
+	Container string `json:"container,omitempty"`
+	// Name is the env var, volume or container name concerned.
+	Name string `json:"name,omitempty"`
+	// Reason is one of the Reason constants.
+	Reason string `json:"reason"`
+	// Detail adds specifics, e.g. which container declares a port.
+	Detail string `json:"detail,omitempty"`
+}
+
+// Status is the report as written to the podmeta.io/status annotation.
+func (r Report) Status() string {
+	if r.Injected == nil {
+		r.Injected = []string{}
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		// Only strings and slices of them: cannot fail.
+		panic(err)
+	}
+	return string(b)
+}
