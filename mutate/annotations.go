@@ -16,10 +16,37 @@ type AnnotationError struct {
 	Key    string
 	Value  string
 	Reason string
+	// UnknownKey is set when the key itself is wrong (not a podmeta annotation).
+	UnknownKey bool
 }
 
 func (e *AnnotationError) Error() string {
+	if e.UnknownKey {
+		return fmt.Sprintf("annotation %s: %s", e.Key, e.Reason)
+	}
 	return fmt.Sprintf("annotation %s: invalid value %q: %s", e.Key, e.Value, e.Reason)
+}
+
+// AnnotationErrors are all the problems of one pod's annotations, sorted by
+// key, so that a user fixes them in one go.
+type AnnotationErrors []*AnnotationError
+
+func (es AnnotationErrors) Error() string {
+	msgs := make([]string, len(es))
+	for i, e := range es {
+		msgs[i] = e.Error()
+	}
+	// One line: it ends up in kubectl's "admission webhook denied" message.
+	return strings.Join(msgs, "; ")
+}
+
+// Unwrap lets errors.As find each *AnnotationError.
+func (es AnnotationErrors) Unwrap() []error {
+	out := make([]error, len(es))
+	for i, e := range es {
+		out[i] = e
+	}
+	return out
 }
 
 // settings is Config with the pod's annotations applied.
@@ -46,15 +73,14 @@ var knownAnnotations = map[string]bool{
 }
 
 // parseAnnotations applies the pod's podmeta.io/* annotations to cfg. It
-// returns every problem at once (joined *AnnotationError values, sorted by
-// key) so a user fixes them in one go.
+// returns every problem at once as AnnotationErrors.
 func parseAnnotations(ann map[string]string, cfg Config) (settings, error) {
 	s := settings{
 		env: cfg.Env, volume: cfg.Volume, ambassador: cfg.Ambassador.Enabled,
 		prefix: cfg.EnvPrefix, mountPath: cfg.MountPath, port: cfg.Ambassador.Port,
 		policy: cfg.Ambassador.Policy, allow: cfg.Ambassador.Allow, native: cfg.Ambassador.NativeSidecar,
 	}
-	var errs []*AnnotationError
+	var errs AnnotationErrors
 	bad := func(k, v, format string, args ...any) {
 		errs = append(errs, &AnnotationError{Key: k, Value: v, Reason: fmt.Sprintf(format, args...)})
 	}
@@ -100,7 +126,7 @@ func parseAnnotations(ann map[string]string, cfg Config) (settings, error) {
 			s.prefix = v
 		case AnnotationMountPath:
 			if err := validateMountPath(v); err != nil {
-				bad(k, v, "want an absolute, clean path: %v", err)
+				bad(k, v, "%v", err)
 			}
 			s.mountPath = v
 		case AnnotationAmbassadorPort:
@@ -126,27 +152,26 @@ func parseAnnotations(ann map[string]string, cfg Config) (settings, error) {
 		case AnnotationStatus:
 			// Written by podmeta; rewritten on every pass.
 		default:
-			bad(k, v, "unknown podmeta annotation (known: %s)", strings.Join(sortedKnown(), ", "))
+			errs = append(errs, &AnnotationError{Key: k, Value: v, UnknownKey: true,
+				Reason: fmt.Sprintf("unknown podmeta annotation (known: %s)", strings.Join(sortedKnown(), ", "))})
 		}
 	}
 	// The allow rules are checked against the effective policy so that a
 	// pod's allow-list policy can take its rules from the cluster default.
-	if err := validateAllow(s.policy, s.allow); err != nil {
+	if allow, err := validateAllow(s.policy, s.allow); err != nil {
 		key := AnnotationAmbassadorAllow
 		if _, set := ann[key]; !set {
 			key = AnnotationAmbassadorPolicy
 		}
 		bad(key, ann[key], "%v", err)
+	} else {
+		s.allow = allow
 	}
 	if len(errs) == 0 {
 		return s, nil
 	}
 	sort.Slice(errs, func(i, j int) bool { return errs[i].Key < errs[j].Key })
-	all := make([]error, len(errs))
-	for i, e := range errs {
-		all[i] = e
-	}
-	return settings{}, errors.Join(all...)
+	return settings{}, errs
 }
 
 func sortedKnown() []string {

@@ -12,6 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
+
+	"github.com/podmeta/podmeta/policy"
 )
 
 // Names of the user-facing contract (docs/contract.md).
@@ -73,9 +75,9 @@ var envKeys = []string{
 
 // Ambassador policies (package policy enforces them in the ambassador).
 const (
-	PolicyReadOnly  = "read-only"
-	PolicyFull      = "full"
-	PolicyAllowList = "allow-list"
+	PolicyReadOnly  = string(policy.ReadOnly)
+	PolicyFull      = string(policy.Full)
+	PolicyAllowList = string(policy.AllowList)
 )
 
 var policies = []string{PolicyReadOnly, PolicyFull, PolicyAllowList}
@@ -228,7 +230,7 @@ func (c Config) Validate() error {
 		bad("envPrefix", "%q may contain only letters, digits and _, not starting with a digit", c.EnvPrefix)
 	}
 	if err := validateMountPath(c.MountPath); err != nil {
-		bad("mountPath", "%v", err)
+		bad("mountPath", "%q: %v", c.MountPath, err)
 	}
 	if msgs := validation.IsDNS1123Label(c.VolumeName); len(msgs) > 0 {
 		bad("volumeName", "%q: %s", c.VolumeName, strings.Join(msgs, "; "))
@@ -245,12 +247,12 @@ func (c Config) Validate() error {
 		bad("ambassador.imagePullPolicy", "%q is not one of Always, IfNotPresent, Never", a.ImagePullPolicy)
 	}
 	if err := validatePort(a.Port); err != nil {
-		bad("ambassador.port", "%v", err)
+		bad("ambassador.port", "%d: %v", a.Port, err)
 	}
 	if !slices.Contains(policies, a.Policy) {
 		bad("ambassador.policy", "%q is not one of %s", a.Policy, strings.Join(policies, ", "))
 	}
-	if err := validateAllow(a.Policy, a.Allow); err != nil {
+	if _, err := validateAllow(a.Policy, a.Allow); err != nil {
 		bad("ambassador.allow", "%v", err)
 	}
 	for name, req := range a.Resources.Requests {
@@ -267,14 +269,14 @@ func (c Config) Validate() error {
 func validateMountPath(p string) error {
 	switch {
 	case !path.IsAbs(p):
-		return fmt.Errorf("%q is not an absolute path", p)
+		return errors.New("want an absolute path")
 	case path.Clean(p) != p:
-		return fmt.Errorf("%q is not clean (want %q)", p, path.Clean(p))
+		return fmt.Errorf("want a clean absolute path (%q)", path.Clean(p))
 	case p == "/":
-		return fmt.Errorf("%q would hide the container's root filesystem", p)
+		return errors.New("mounting over / would hide the container's root filesystem")
 	case strings.ContainsAny(p, ":"):
 		// Windows nodes and the kubelet reject ':' in mount paths.
-		return fmt.Errorf("%q must not contain ':'", p)
+		return errors.New("must not contain ':'")
 	}
 	return nil
 }
@@ -282,16 +284,21 @@ func validateMountPath(p string) error {
 // validatePort keeps room for the health port, which is port+1.
 func validatePort(p int) error {
 	if p < 1 || p > 65534 {
-		return fmt.Errorf("%d is outside 1-65534 (port+1 is the health port)", p)
+		return errors.New("want a port number 1-65534 (port+1 is the health port)")
 	}
 	return nil
 }
 
-// validateAllow checks allow rules.
-// TODO(core): parse the rules with package policy once it lands on main.
-func validateAllow(policy, allow string) error {
-	if policy == PolicyAllowList && strings.TrimSpace(allow) == "" {
-		return fmt.Errorf("policy %s without allow rules would refuse every request", PolicyAllowList)
+// validateAllow parses allow rules with the parser the ambassador enforces
+// them with, and returns them in canonical form (one line, "; "-separated)
+// for the ambassador's --allow flag.
+func validateAllow(mode, allow string) (string, error) {
+	rules, err := policy.ParseRules(allow)
+	if err != nil {
+		return "", err
 	}
-	return nil
+	if mode == PolicyAllowList && len(rules) == 0 {
+		return "", fmt.Errorf("policy %s without allow rules would refuse every request", PolicyAllowList)
+	}
+	return rules.String(), nil
 }
