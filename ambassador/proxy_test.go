@@ -1,0 +1,466 @@
+package ambassador
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/podmeta/podmeta/policy"
+)
+
+func TestTokenSentRotatedAndClientAuthorizationDropped(t *testing.T) {
+	api := newAPIServer(t, nil)
+	vol := newSAVolume(t, "token-1", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca())
+
+	code, body := h.do(t, "GET", "/api/v1/namespaces/a/pods", http.Header{"Authorization": {"Bearer app-own-token"}})
+	require.Equal(t, http.StatusOK, code, body)
+	assert.JSONEq(t, `{"kind":"PodList","path":"/api/v1/namespaces/a/pods"}`, body)
+	got := api.last(t)
+	assert.Equal(t, []string{"Bearer token-1"}, got.Header.Values("Authorization"), "pod token sent, app's dropped")
+	assert.Equal(t, 2, got.ProtoMajor, "upstream speaks HTTP/2")
+
+	// Kubelet rotates the projected token by swapping "..data".
+	vol.write("token-2", api.caPEM())
+	require.Eventually(t, func() bool {
+		b, err := h.srv.creds.bearer()
+		return err == nil && b == "Bearer token-2"
+	}, 5*time.Second, 5*time.Millisecond, "token reloaded after rotation")
+
+	code, _ = h.do(t, "GET", "/api/v1/namespaces/a/pods", nil)
+	require.Equal(t, http.StatusOK, code)
+	assert.Equal(t, "Bearer token-2", api.last(t).Header.Get("Authorization"))
+	assert.Equal(t, 2.0, testutil.ToFloat64(h.srv.proxy.m.tokenReloads.WithLabelValues("success")), "initial load + one rotation")
+}
+
+func TestTokenRereadWhenAPIServerSays401(t *testing.T) {
+	// With no file events and no poll in reach, only the API server's 401
+	// for the expired token can make the ambassador re-read it.
+	var want atomic.Value
+	want.Store("Bearer old")
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != want.Load() {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		_, _ = io.WriteString(w, "{}")
+	})
+	vol := newSAVolume(t, "old", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca(), func(c *Config) { c.noWatch = true })
+	code, _ := h.do(t, "GET", "/api", nil)
+	require.Equal(t, http.StatusOK, code)
+
+	vol.write("new", api.caPEM())
+	want.Store("Bearer new")
+	code, _ = h.do(t, "GET", "/api", nil)
+	require.Equal(t, http.StatusUnauthorized, code, "the API server's answer is passed through")
+	require.Eventually(t, func() bool {
+		code, _ := h.do(t, "GET", "/api", nil)
+		return code == http.StatusOK
+	}, 5*time.Second, 10*time.Millisecond)
+}
+
+func TestWrongCA(t *testing.T) {
+	api := newAPIServer(t, nil)
+	other := newAPIServer(t, nil) // its certificate is a different CA
+	vol := newSAVolume(t, "tok", other.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca())
+
+	code, body := h.do(t, "GET", "/api", nil)
+	require.Equal(t, http.StatusBadGateway, code)
+	s := decodeStatus(t, http.StatusBadGateway, body)
+	assert.Contains(t, s.Message, "API server certificate not trusted by ca.crt ("+vol.ca()+")")
+	assert.Empty(t, api.requests(), "nothing reached the API server")
+
+	// CA rotation: the right bundle arrives, requests succeed.
+	vol.write("tok", api.caPEM())
+	require.Eventually(t, func() bool {
+		code, _ := h.do(t, "GET", "/api", nil)
+		return code == http.StatusOK
+	}, 5*time.Second, 10*time.Millisecond)
+}
+
+func TestMissingFiles(t *testing.T) {
+	api := newAPIServer(t, nil)
+	vol := newSAVolume(t, "", api.caPEM()) // no token yet
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca())
+
+	code, body := h.do(t, "GET", "/api", nil)
+	require.Equal(t, http.StatusBadGateway, code)
+	s := decodeStatus(t, http.StatusBadGateway, body)
+	assert.Equal(t, "podmeta-ambassador: token file missing: "+vol.token(), s.Message)
+
+	res, err := http.Get(h.health + "/readyz")
+	require.NoError(t, err)
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	assert.Equal(t, http.StatusServiceUnavailable, res.StatusCode)
+	assert.Contains(t, string(b), "token file missing")
+
+	vol.write("tok", api.caPEM())
+	require.Eventually(t, func() bool {
+		res, err := http.Get(h.health + "/readyz")
+		if err != nil {
+			return false
+		}
+		res.Body.Close()
+		return res.StatusCode == http.StatusOK
+	}, 5*time.Second, 10*time.Millisecond)
+	code, _ = h.do(t, "GET", "/api", nil)
+	assert.Equal(t, http.StatusOK, code)
+
+	// The CA going missing keeps the loaded one in use but turns unready.
+	vol.write("tok", nil)
+	require.Eventually(t, func() bool { return h.srv.creds.ready() != nil }, 5*time.Second, 10*time.Millisecond)
+	assert.ErrorContains(t, h.srv.creds.ready(), "CA file missing: "+vol.ca())
+	code, _ = h.do(t, "GET", "/api", nil)
+	assert.Equal(t, http.StatusOK, code)
+}
+
+func TestMissingCAAtStart(t *testing.T) {
+	api := newAPIServer(t, nil)
+	vol := newSAVolume(t, "tok", nil)
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca())
+	code, body := h.do(t, "GET", "/api", nil)
+	require.Equal(t, http.StatusBadGateway, code)
+	assert.Equal(t, "podmeta-ambassador: CA file missing: "+vol.ca(), decodeStatus(t, code, body).Message)
+}
+
+func TestUnreachableAndTimeout(t *testing.T) {
+	api := newAPIServer(t, nil)
+	vol := newSAVolume(t, "tok", api.caPEM())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens here now
+	h := startAmbassador(t, "https://"+addr, vol.token(), vol.ca())
+	code, body := h.do(t, "GET", "/api", nil)
+	require.Equal(t, http.StatusBadGateway, code)
+	assert.Contains(t, decodeStatus(t, code, body).Message, "API server https://"+addr+" unreachable")
+}
+
+func TestHostCheck(t *testing.T) {
+	api := newAPIServer(t, nil)
+	vol := newSAVolume(t, "tok", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca())
+	for host, ok := range map[string]bool{
+		"localhost":                true,
+		"localhost:8001":           true,
+		"LocalHost:1":              true,
+		"127.0.0.1":                true,
+		"127.0.0.1:8001":           true,
+		"[::1]":                    true,
+		"[::1]:8001":               true,
+		"evil.example":             false,
+		"evil.example:8001":        false,
+		"127.0.0.1.nip.io":         false,
+		"localhost.evil.example":   false,
+		"127.0.0.2:8001":           false,
+		"[::ffff:127.0.0.1]:8001":  false,
+		"10.0.0.1:8001":            false,
+		"localhost@evil.example:1": false,
+	} {
+		t.Run(host, func(t *testing.T) {
+			n := len(api.requests())
+			code, body := h.do(t, "GET", "/api", http.Header{"Host": {host}})
+			if ok {
+				assert.Equal(t, http.StatusOK, code, body)
+				return
+			}
+			require.Equal(t, http.StatusForbidden, code, body)
+			s := decodeStatus(t, code, body)
+			assert.Contains(t, s.Message, `refused by rule "host"`)
+			assert.Len(t, api.requests(), n, "refused request never reaches the API server")
+		})
+	}
+}
+
+func TestPolicyModes(t *testing.T) {
+	api := newAPIServer(t, nil)
+	vol := newSAVolume(t, "tok", api.caPEM())
+	const rules = "GET /api/v1/namespaces/*/pods/**; PATCH,PUT /api/v1/namespaces/team-a/configmaps/app-state"
+	servers := map[string]*harness{
+		"read-only":  startAmbassador(t, api.URL, vol.token(), vol.ca()),
+		"ro+rules":   startAmbassador(t, api.URL, vol.token(), vol.ca(), withPolicy(policy.ReadOnly, rules)),
+		"full":       startAmbassador(t, api.URL, vol.token(), vol.ca(), withPolicy(policy.Full, "")),
+		"allow-list": startAmbassador(t, api.URL, vol.token(), vol.ca(), withPolicy(policy.AllowList, rules)),
+	}
+	for _, tc := range []struct {
+		server, method, path string
+		refusedBy            string // "" means forwarded
+	}{
+		{"read-only", "GET", "/api/v1/namespaces/a/pods?watch=true", ""},
+		{"read-only", "HEAD", "/api/v1/namespaces/a/pods", ""},
+		{"read-only", "POST", "/api/v1/namespaces/a/pods", "read-only"},
+		{"read-only", "DELETE", "/api/v1/namespaces/a/pods/p", "read-only"},
+		{"read-only", "GET", "/api/v1/namespaces/a/pods/../secrets", "canonical-path"},
+		{"ro+rules", "PUT", "/api/v1/namespaces/team-a/configmaps/app-state", ""},
+		{"ro+rules", "PUT", "/api/v1/namespaces/team-a/configmaps/other", "read-only"},
+		{"full", "POST", "/api/v1/namespaces/a/configmaps", ""},
+		{"full", "DELETE", "/api/v1/namespaces/a/pods/p", ""},
+		{"full", "POST", "/api/v1/namespaces/a/pods/p/exec?command=sh", "upgrade"},
+		{"allow-list", "GET", "/api/v1/namespaces/b/pods/p/log", ""},
+		{"allow-list", "PATCH", "/api/v1/namespaces/team-a/configmaps/app-state", ""},
+		{"allow-list", "GET", "/api/v1/namespaces/b/secrets", "allow-list"},
+		{"allow-list", "DELETE", "/api/v1/namespaces/b/pods/p", "allow-list"},
+		// %2F decodes to a real slash: four segments after "namespaces",
+		// so "*" cannot match "a%2Fb" as one name.
+		{"allow-list", "GET", "/api/v1/namespaces/x%2F..%2Fb/pods", "canonical-path"},
+		{"allow-list", "GET", "/api/v1/namespaces/b%2Fc/secrets", "allow-list"},
+	} {
+		t.Run(tc.server+" "+tc.method+" "+tc.path, func(t *testing.T) {
+			n := len(api.requests())
+			code, body := servers[tc.server].do(t, tc.method, tc.path, nil)
+			if tc.refusedBy == "" {
+				require.Equal(t, http.StatusOK, code, body)
+				got := api.last(t)
+				assert.Equal(t, tc.method, got.Method)
+				assert.Equal(t, tc.path, got.URL.RequestURI(), "path and query forwarded unchanged")
+				return
+			}
+			require.Equal(t, http.StatusForbidden, code, body)
+			s := decodeStatus(t, code, body)
+			assert.Equal(t, "Forbidden", s.Reason)
+			assert.Contains(t, s.Message, fmt.Sprintf("podmeta-ambassador: refused by rule %q", tc.refusedBy))
+			require.NotNil(t, s.Details)
+			assert.Equal(t, tc.refusedBy, s.Details.Causes[0].Message)
+			assert.Len(t, api.requests(), n, "refused request never reaches the API server")
+		})
+	}
+	assert.Equal(t, 2.0, testutil.ToFloat64(servers["read-only"].srv.proxy.m.refused.WithLabelValues("read-only")))
+}
+
+func TestUpgrade(t *testing.T) {
+	// The stand-in answers an upgrade by echoing lines over the raw
+	// connection, like an exec stream.
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "" {
+			_, _ = io.WriteString(w, "{}")
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", r.Header.Get("Upgrade"))
+		brw.Flush()
+		line, _ := brw.ReadString('\n')
+		fmt.Fprintf(brw, "echo %s auth=%s", line, r.Header.Get("Authorization"))
+		brw.Flush()
+	})
+	vol := newSAVolume(t, "tok", api.caPEM())
+	const execPath = "/api/v1/namespaces/a/pods/p/exec?command=sh"
+	upgrade := http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}}
+
+	for _, h := range []*harness{
+		startAmbassador(t, api.URL, vol.token(), vol.ca()),
+		startAmbassador(t, api.URL, vol.token(), vol.ca(), withPolicy(policy.Full, "GET /api/v1/namespaces/*/pods/**")),
+	} {
+		code, body := h.do(t, "GET", execPath, upgrade)
+		require.Equal(t, http.StatusForbidden, code)
+		assert.Contains(t, decodeStatus(t, code, body).Message, `refused by rule "upgrade"`)
+		// Any path, not just exec.
+		code, _ = h.do(t, "GET", "/api/v1/namespaces/a/services/s/proxy/ws", upgrade)
+		assert.Equal(t, http.StatusForbidden, code)
+	}
+	assert.Empty(t, api.requests())
+
+	// An explicit rule lets the upgrade through end to end.
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca(), withPolicy(policy.ReadOnly, "GET /api/v1/namespaces/a/pods/p/exec"))
+	conn, err := net.Dial("tcp", h.srv.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nAuthorization: Bearer app\r\n\r\n", execPath)
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusSwitchingProtocols, res.StatusCode)
+	_, err = io.WriteString(conn, "hello\n")
+	require.NoError(t, err)
+	rest, err := io.ReadAll(br)
+	require.NoError(t, err)
+	assert.Equal(t, "echo hello\n auth=Bearer tok", string(rest))
+}
+
+func TestWatchStreams(t *testing.T) {
+	release := make(chan struct{})
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		for i := range 2 {
+			fmt.Fprintf(w, `{"type":"ADDED","object":{"n":%d}}`+"\n", i)
+			http.NewResponseController(w).Flush()
+		}
+		// The response stays open until the test has seen both events.
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	vol := newSAVolume(t, "tok", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca())
+
+	res, err := h.client.Get(h.url + "/api/v1/namespaces/a/pods?watch=true")
+	require.NoError(t, err)
+	defer res.Body.Close()
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(res.Body)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	for i := range 2 {
+		select {
+		case l := <-lines:
+			assert.Equal(t, fmt.Sprintf(`{"type":"ADDED","object":{"n":%d}}`, i), l)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("event %d not delivered while the watch is open", i)
+		}
+	}
+	close(release)
+	_, open := <-lines
+	assert.False(t, open, "stream ends when the API server ends it")
+}
+
+func TestClientDisconnectCancelsUpstream(t *testing.T) {
+	arrived, canceled := make(chan struct{}), make(chan struct{})
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		close(arrived)
+		select {
+		case <-r.Context().Done():
+			close(canceled)
+		case <-time.After(30 * time.Second):
+		}
+	})
+	vol := newSAVolume(t, "tok", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca())
+
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, "GET", h.url+"/api/v1/pods?watch=true", nil)
+	require.NoError(t, err)
+	errc := make(chan error, 1)
+	go func() {
+		res, err := h.client.Do(req)
+		if err == nil {
+			res.Body.Close()
+		}
+		errc <- err
+	}()
+	<-arrived
+	cancel()
+	select {
+	case <-canceled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("upstream request not canceled after the client went away")
+	}
+	require.Error(t, <-errc)
+	require.Eventually(t, func() bool {
+		return testutil.ToFloat64(h.srv.proxy.m.requests.WithLabelValues("499", "GET")) == 1
+	}, 5*time.Second, 10*time.Millisecond)
+}
+
+func TestMetricsAndHealth(t *testing.T) {
+	api := newAPIServer(t, nil)
+	vol := newSAVolume(t, "tok", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca())
+	h.do(t, "GET", "/api", nil)
+	h.do(t, "POST", "/api", nil)
+	h.do(t, "GET", "/api", http.Header{"Host": {"evil.example"}})
+
+	for path, want := range map[string]string{"/healthz": "ok\n", "/readyz": "ok\n"} {
+		res, err := http.Get(h.health + path)
+		require.NoError(t, err)
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		assert.Equal(t, http.StatusOK, res.StatusCode, path)
+		assert.Equal(t, want, string(b))
+	}
+	res, err := http.Get(h.health + "/metrics")
+	require.NoError(t, err)
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	m := string(b)
+	for _, want := range []string{
+		`podmeta_ambassador_requests_total{code="200",method="GET"} 1`,
+		`podmeta_ambassador_requests_total{code="403",method="GET"} 1`,
+		`podmeta_ambassador_requests_total{code="403",method="POST"} 1`,
+		`podmeta_ambassador_refused_total{rule="host"} 1`,
+		`podmeta_ambassador_refused_total{rule="read-only"} 1`,
+		`podmeta_ambassador_upstream_duration_seconds_count 1`,
+		`podmeta_ambassador_token_reloads_total{result="success"} 1`,
+		`podmeta_ambassador_ca_reloads_total{result="success"} 1`,
+	} {
+		assert.Contains(t, m, want)
+	}
+	// The proxy port serves no health or metrics: those paths go upstream.
+	code, _ := h.do(t, "GET", "/metrics", nil)
+	assert.Equal(t, http.StatusOK, code)
+	assert.Equal(t, "/metrics", api.last(t).URL.Path)
+}
+
+func TestConfigChecks(t *testing.T) {
+	for addr, want := range map[string]string{
+		"127.0.0.1:8001": "",
+		"[::1]:8001":     "",
+		"localhost:8001": "",
+		"127.0.0.5:8001": "",
+		":8001":          "is not a loopback address",
+		"0.0.0.0:8001":   "is not a loopback address",
+		"10.1.2.3:8001":  "--allow-non-loopback",
+		"127.0.0.1":      "missing port",
+	} {
+		err := checkLoopback(addr, false)
+		if want == "" {
+			assert.NoError(t, err, addr)
+		} else {
+			assert.ErrorContains(t, err, want, addr)
+		}
+	}
+	assert.NoError(t, checkLoopback("0.0.0.0:8001", true))
+
+	env := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+	assert.Equal(t, "https://10.96.0.1:443", UpstreamFromEnv(env(map[string]string{"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"})))
+	assert.Equal(t, "https://[fd00::1]:6443", UpstreamFromEnv(env(map[string]string{"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"})))
+	assert.Equal(t, "", UpstreamFromEnv(env(map[string]string{"KUBERNETES_SERVICE_HOST": "10.96.0.1"})))
+
+	for up, want := range map[string]string{
+		"https://10.96.0.1:443":    "",
+		"https://[fd00::1]:6443":   "",
+		"":                         "KUBERNETES_SERVICE_HOST",
+		"http://10.96.0.1":         "want https://host:port",
+		"https://":                 "want https://host:port",
+		"https://u:p@10.96.0.1":    "no user, query or fragment",
+		"https://10.96.0.1/?x=1":   "no user, query or fragment",
+		"https://10.96.0.1:99999x": "--upstream",
+	} {
+		_, err := ParseUpstream(up)
+		if want == "" {
+			assert.NoError(t, err, up)
+		} else {
+			assert.ErrorContains(t, err, want, up)
+		}
+	}
+}
+
+func TestNewFailsOnBusyPort(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	dir := t.TempDir()
+	_, err = New(Config{Listen: ln.Addr().String(), HealthListen: "127.0.0.1:0", Upstream: "https://127.0.0.1:1",
+		TokenFile: dir + "/t", CAFile: dir + "/c"}, nil, nil, nil)
+	assert.ErrorContains(t, err, "--listen")
+}

@@ -1,0 +1,237 @@
+// Package ambassador is podmeta's localhost gateway to the Kubernetes API
+// server: a reverse proxy on a loopback address that forwards plain HTTP to
+// the API server over TLS verified against the pod's ca.crt, authenticated
+// with the pod's rotating service-account token, after a Host check and the
+// method/path policy of package policy. A separate listener serves /healthz,
+// /readyz and /metrics.
+package ambassador
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/podmeta/podmeta/policy"
+)
+
+// Config is everything the ambassador needs; cmd/ambassador fills it from
+// flags.
+type Config struct {
+	Listen           string // proxy address, loopback unless AllowNonLoopback
+	AllowNonLoopback bool
+	HealthListen     string // /healthz, /readyz, /metrics
+	Upstream         string // https://host:port of the API server
+	TokenFile        string
+	CAFile           string
+	Policy           policy.Policy
+
+	// PollInterval is the fallback re-read period of the token and CA
+	// files; 0 means 10 s.
+	PollInterval time.Duration
+	// noWatch turns the file watch off so tests can prove the other
+	// reload paths.
+	noWatch bool
+	// ShutdownTimeout bounds the graceful drain on shutdown; 0 means 5 s.
+	ShutdownTimeout time.Duration
+}
+
+// Server is a running-to-be ambassador: listeners are open after New.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	creds   *credentials
+	proxy   *proxy
+	ln, hln net.Listener
+	reg     prometheus.Gatherer
+}
+
+// New validates cfg, loads the credentials (missing files make the server
+// unready, not fail: the volume may be populated late) and opens both
+// listeners. gatherer serves /metrics; reg registers the proxy's metrics.
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, gatherer prometheus.Gatherer) (*Server, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = 10 * time.Second
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = 5 * time.Second
+	}
+	up, err := ParseUpstream(cfg.Upstream)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkLoopback(cfg.Listen, cfg.AllowNonLoopback); err != nil {
+		return nil, err
+	}
+	if cfg.TokenFile == "" || cfg.CAFile == "" {
+		return nil, errors.New("--token-file and --ca-file must be set")
+	}
+	m := newMetrics(reg)
+	s := &Server{cfg: cfg, log: log, reg: gatherer}
+	s.creds = newCredentials(cfg.TokenFile, cfg.CAFile, log, m, newTransport)
+	s.proxy = newProxy(up, cfg.CAFile, cfg.Policy, s.creds, log, m)
+	if s.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("--listen: %w", err)
+	}
+	if s.hln, err = net.Listen("tcp", cfg.HealthListen); err != nil {
+		s.ln.Close()
+		return nil, fmt.Errorf("--health-listen: %w", err)
+	}
+	return s, nil
+}
+
+// Addr is the proxy's listening address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// HealthAddr is the health and metrics listening address.
+func (s *Server) HealthAddr() net.Addr { return s.hln.Addr() }
+
+// Run serves until ctx ends, then drains in-flight requests for up to
+// ShutdownTimeout before closing what is left (long watches).
+func (s *Server) Run(ctx context.Context) error {
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	go s.creds.watch(watchCtx, s.cfg.PollInterval, !s.cfg.noWatch)
+
+	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)
+	ps := &http.Server{
+		Handler: s.proxy,
+		// Headers must arrive promptly (slowloris); bodies and
+		// responses have no deadline because watches and logs stream
+		// for as long as the client wants.
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          errLog,
+	}
+	hs := &http.Server{
+		Handler:           s.healthMux(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		ErrorLog:          errLog,
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- ps.Serve(s.ln) }()
+	go func() { errc <- hs.Serve(s.hln) }()
+	s.log.Info("serving", "listen", s.ln.Addr().String(), "health_listen", s.hln.Addr().String(),
+		"upstream", s.proxy.upstream.String(), "policy", string(s.cfg.Policy.Mode), "allow", s.cfg.Policy.Rules.String())
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		err = fmt.Errorf("serve: %w", err)
+	}
+	s.log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	if serr := ps.Shutdown(sctx); serr != nil {
+		ps.Close()
+	}
+	hs.Close()
+	if t, terr := s.creds.transport(); terr == nil {
+		t.CloseIdleConnections()
+	}
+	return err
+}
+
+func (s *Server) healthMux() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := s.creds.ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	if s.reg != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	}
+	return mux
+}
+
+// newTransport is the upstream transport for one CA bundle. HTTP/2 (like
+// kubectl proxy) multiplexes every client request over one connection;
+// upgrade requests get their own HTTP/1.1 connections from net/http.
+func newTransport(pool *x509.CertPool) *http.Transport {
+	t := &http.Transport{
+		TLSClientConfig: &tls.Config{
+			RootCAs:    pool,
+			MinVersion: tls.VersionTLS12,
+		},
+		ForceAttemptHTTP2:   true,
+		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout: 10 * time.Second,
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     90 * time.Second,
+		// The proxy passes bodies through untouched; asking for gzip
+		// here would make the transport decompress them.
+		DisableCompression: true,
+		HTTP2: &http.HTTP2Config{
+			// Detect a dead API server connection (e.g. after a
+			// control-plane failover) instead of hanging watches.
+			SendPingTimeout: 30 * time.Second,
+			PingTimeout:     15 * time.Second,
+		},
+	}
+	return t
+}
+
+// ParseUpstream checks the API server URL.
+func ParseUpstream(s string) (*url.URL, error) {
+	if s == "" {
+		return nil, errors.New("--upstream is empty and KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set")
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("--upstream %q: %w", s, err)
+	}
+	if u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("--upstream %q: want https://host:port (the ambassador only talks verified TLS)", s)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return nil, fmt.Errorf("--upstream %q: no user, query or fragment allowed", s)
+	}
+	return u, nil
+}
+
+// UpstreamFromEnv is the in-cluster API server address, IPv6 hosts
+// bracketed, or "" when not running in a pod.
+func UpstreamFromEnv(getenv func(string) string) string {
+	host, port := getenv("KUBERNETES_SERVICE_HOST"), getenv("KUBERNETES_SERVICE_PORT")
+	if host == "" || port == "" {
+		return ""
+	}
+	return "https://" + net.JoinHostPort(host, port)
+}
+
+// checkLoopback refuses to expose the pod's credentials beyond the pod.
+func checkLoopback(addr string, allowNonLoopback bool) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--listen %q: %w", addr, err)
+	}
+	if allowNonLoopback {
+		return nil
+	}
+	if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback()) || strings.EqualFold(host, "localhost") {
+		return nil
+	}
+	return fmt.Errorf("--listen %q is not a loopback address: anything that can reach it acts with the pod's service account; pass --allow-non-loopback to do it anyway", addr)
+}

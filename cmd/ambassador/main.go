@@ -1,0 +1,86 @@
+// Command podmeta-ambassador is the sidecar podmeta injects: plain HTTP on
+// 127.0.0.1:8001, forwarded to the API server over verified TLS with the
+// pod's rotating service-account token, under a method/path policy.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/podmeta/podmeta/ambassador"
+	"github.com/podmeta/podmeta/policy"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr, os.Getenv, nil); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "podmeta-ambassador:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+const saDir = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+// run is the whole program; started, when non-nil, receives the server once
+// its listeners are open (tests use it to learn the ports).
+func run(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string, started func(*ambassador.Server)) error {
+	fs := flag.NewFlagSet("podmeta-ambassador", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		cfg               ambassador.Config
+		mode, allow, lvl  string
+		logLevel          slog.Level
+		defaultUpstream   = ambassador.UpstreamFromEnv(getenv)
+		upstreamHelpExtra = ""
+	)
+	if defaultUpstream == "" {
+		upstreamHelpExtra = " (default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)"
+	}
+	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:8001", "proxy address; must be loopback unless --allow-non-loopback")
+	fs.BoolVar(&cfg.AllowNonLoopback, "allow-non-loopback", false, "allow --listen on a non-loopback address (exposes the pod's API access)")
+	fs.StringVar(&cfg.HealthListen, "health-listen", ":8002", "address of /healthz, /readyz and /metrics (no credentials)")
+	fs.StringVar(&cfg.Upstream, "upstream", defaultUpstream, "API server URL"+upstreamHelpExtra)
+	fs.StringVar(&cfg.TokenFile, "token-file", saDir+"/token", "service-account token file, re-read when it changes")
+	fs.StringVar(&cfg.CAFile, "ca-file", saDir+"/ca.crt", "CA bundle the API server certificate must chain to")
+	fs.StringVar(&mode, "policy", string(policy.ReadOnly), "read-only, full or allow-list")
+	fs.StringVar(&allow, "allow", "", `allow rules, e.g. "GET /api/v1/namespaces/*/pods/**; PUT /api/v1/namespaces/a/configmaps/b"`)
+	fs.StringVar(&lvl, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if err := logLevel.UnmarshalText([]byte(lvl)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", lvl)
+	}
+	var err error
+	if cfg.Policy, err = policy.New(mode, allow); err != nil {
+		return fmt.Errorf("--policy/--allow: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := ambassador.New(cfg, log, reg, reg)
+	if err != nil {
+		return err
+	}
+	if started != nil {
+		started(srv)
+	}
+	return srv.Run(ctx)
+}
