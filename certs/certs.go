@@ -94,11 +94,11 @@ func New(opts Options) (*Reloader, error) {
 		opts: opts,
 		log:  log.With("component", "certs", "cert_file", opts.CertFile, "key_file", opts.KeyFile),
 		expiry: factory.NewGauge(prometheus.GaugeOpts{
-			Name: "podmeta_webhook_certificate_expiry_timestamp_seconds",
+			Name: "podmeta_certificate_expiry_timestamp_seconds",
 			Help: "NotAfter of the serving certificate currently in use, as a Unix timestamp.",
 		}),
 		reloads: factory.NewCounterVec(prometheus.CounterOpts{
-			Name: "podmeta_webhook_certificate_reloads_total",
+			Name: "podmeta_certificate_reloads_total",
 			Help: "Attempts to load a changed serving certificate pair from disk, by result (success, error).",
 		}, []string{"result"}),
 	}

@@ -277,7 +277,7 @@ func TestMetricsRegistered(t *testing.T) {
 	require.NoError(t, testcerts.WriteServing(f.dir, f.issue(t, "one")))
 	_, err := New(f.opts())
 	require.NoError(t, err)
-	n, err := testutil.GatherAndCount(f.reg, "podmeta_webhook_certificate_expiry_timestamp_seconds", "podmeta_webhook_certificate_reloads_total")
+	n, err := testutil.GatherAndCount(f.reg, "podmeta_certificate_expiry_timestamp_seconds", "podmeta_certificate_reloads_total")
 	require.NoError(t, err)
 	assert.Equal(t, 3, n) // one gauge, two counter series
 	_, err = New(Options{CertFile: f.opts().CertFile, KeyFile: f.opts().KeyFile, disableWatch: true})
