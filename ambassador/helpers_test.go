@@ -37,7 +37,7 @@ type apiServer struct {
 	reqs []*http.Request
 }
 
-func newAPIServer(t *testing.T, h http.HandlerFunc) *apiServer {
+func newAPIServer(t testing.TB, h http.HandlerFunc) *apiServer {
 	t.Helper()
 	a := &apiServer{}
 	if h == nil {
@@ -65,7 +65,7 @@ func (a *apiServer) requests() []*http.Request {
 	return append([]*http.Request(nil), a.reqs...)
 }
 
-func (a *apiServer) last(t *testing.T) *http.Request {
+func (a *apiServer) last(t testing.TB) *http.Request {
 	t.Helper()
 	rs := a.requests()
 	require.NotEmpty(t, rs, "API server received no request")
@@ -75,7 +75,7 @@ func (a *apiServer) last(t *testing.T) *http.Request {
 // selfSignedCert is a fresh self-signed serving certificate for the
 // loopback addresses, so every stand-in has its own CA (httptest's built-in
 // certificate is shared by all servers).
-func selfSignedCert(t *testing.T) tls.Certificate {
+func selfSignedCert(t testing.TB) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
@@ -105,12 +105,12 @@ func (a *apiServer) caPEM() []byte {
 // does: files live in a timestamped directory, "..data" points at it, and
 // the visible names are symlinks through "..data".
 type saVolume struct {
-	t   *testing.T
+	t   testing.TB
 	dir string
 	gen int
 }
 
-func newSAVolume(t *testing.T, token string, ca []byte) *saVolume {
+func newSAVolume(t testing.TB, token string, ca []byte) *saVolume {
 	v := &saVolume{t: t, dir: t.TempDir()}
 	v.write(token, ca)
 	for _, name := range []string{"token", "ca.crt"} {
@@ -161,7 +161,7 @@ func withPolicy(mode policy.Mode, allow string) option {
 
 // startAmbassador runs a Server against upstream with the given files until
 // the test ends.
-func startAmbassador(t *testing.T, upstream, tokenFile, caFile string, opts ...option) *harness {
+func startAmbassador(t testing.TB, upstream, tokenFile, caFile string, opts ...option) *harness {
 	t.Helper()
 	cfg := Config{
 		Listen:       "127.0.0.1:0",
@@ -201,12 +201,12 @@ func startAmbassador(t *testing.T, upstream, tokenFile, caFile string, opts ...o
 		reg:    reg,
 		url:    "http://" + srv.Addr().String(),
 		health: "http://" + srv.HealthAddr().String(),
-		client: &http.Client{Transport: &http.Transport{DisableCompression: true}},
+		client: &http.Client{Transport: &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 64}},
 	}
 }
 
 // do sends a request through the ambassador and returns status and body.
-func (h *harness) do(t *testing.T, method, path string, hdr http.Header) (int, string) {
+func (h *harness) do(t testing.TB, method, path string, hdr http.Header) (int, string) {
 	t.Helper()
 	req, err := http.NewRequest(method, h.url+path, nil)
 	require.NoError(t, err)
@@ -227,7 +227,7 @@ func (h *harness) do(t *testing.T, method, path string, hdr http.Header) (int, s
 }
 
 // decodeStatus parses a Status body and checks its fixed fields.
-func decodeStatus(t *testing.T, code int, body string) status {
+func decodeStatus(t testing.TB, code int, body string) status {
 	t.Helper()
 	var s status
 	require.NoError(t, json.Unmarshal([]byte(body), &s), "body: %s", body)

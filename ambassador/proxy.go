@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/podmeta/podmeta/policy"
@@ -30,13 +31,17 @@ func newProxy(upstream *url.URL, caFile string, pol policy.Policy, creds *creden
 	p := &proxy{upstream: upstream, caFile: caFile, policy: pol, creds: creds, log: log, m: m}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite: p.rewrite,
-		// Watches and logs must reach the client as they arrive. For
-		// complete responses this costs a flush per 32 KiB copy, which
-		// the benchmark shows is negligible.
-		FlushInterval: -1,
-		Transport:     roundTripper{p},
-		ErrorHandler:  p.upstreamError,
-		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// FlushInterval 0, not -1: ReverseProxy already flushes every
+		// write of a response without Content-Length (every watch,
+		// every log follow, any chunked stream), and a response of
+		// known length needs no flushing. -1 would add a flush per
+		// read of a known-length body.
+		FlushInterval: 0,
+		// Without a pool every request allocates a 32 KiB copy buffer.
+		BufferPool:   bufferPool{},
+		Transport:    roundTripper{p},
+		ErrorHandler: p.upstreamError,
+		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	return p
 }
@@ -124,6 +129,13 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	return res, err
 }
+
+type bufferPool struct{}
+
+var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *buffers.Get().(*[]byte) }
+func (bufferPool) Put(b []byte) { buffers.Put(&b) }
 
 // allowedHost is the DNS-rebinding defence of kubectl proxy's default
 // --accept-hosts: a browser tricked into resolving evil.example to

@@ -20,8 +20,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/podmeta/podmeta/ops"
 	"github.com/podmeta/podmeta/policy"
 )
 
@@ -58,10 +58,14 @@ type Server struct {
 
 // New validates cfg, loads the credentials (missing files make the server
 // unready, not fail: the volume may be populated late) and opens both
-// listeners. gatherer serves /metrics; reg registers the proxy's metrics.
+// listeners. reg registers the proxy's metrics; gatherer is served on
+// /metrics.
 func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, gatherer prometheus.Gatherer) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
+	}
+	if gatherer == nil {
+		gatherer = prometheus.NewRegistry()
 	}
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 10 * time.Second
@@ -106,7 +110,6 @@ func (s *Server) Run(ctx context.Context) error {
 	defer stopWatch()
 	go s.creds.watch(watchCtx, s.cfg.PollInterval, !s.cfg.noWatch)
 
-	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)
 	ps := &http.Server{
 		Handler: s.proxy,
 		// Headers must arrive promptly (slowloris); bodies and
@@ -114,15 +117,9 @@ func (s *Server) Run(ctx context.Context) error {
 		// for as long as the client wants.
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          errLog,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
-	hs := &http.Server{
-		Handler:           s.healthMux(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		ErrorLog:          errLog,
-	}
+	hs := ops.NewServer("", ops.Handler(s.reg, s.creds.ready, s.log), s.log)
 	errc := make(chan error, 2)
 	go func() { errc <- ps.Serve(s.ln) }()
 	go func() { errc <- hs.Serve(s.hln) }()
@@ -146,24 +143,6 @@ func (s *Server) Run(ctx context.Context) error {
 		t.CloseIdleConnections()
 	}
 	return err
-}
-
-func (s *Server) healthMux() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := s.creds.ready(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	if s.reg != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
-	}
-	return mux
 }
 
 // newTransport is the upstream transport for one CA bundle. HTTP/2 (like

@@ -5,26 +5,25 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-
 	"github.com/podmeta/podmeta/ambassador"
+	"github.com/podmeta/podmeta/internal/buildinfo"
+	"github.com/podmeta/podmeta/ops"
 	"github.com/podmeta/podmeta/policy"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr, os.Getenv, nil); err != nil {
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv, nil); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "podmeta-ambassador:", err)
 		}
@@ -36,13 +35,13 @@ const saDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 // run is the whole program; started, when non-nil, receives the server once
 // its listeners are open (tests use it to learn the ports).
-func run(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string, started func(*ambassador.Server)) error {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string, started func(*ambassador.Server)) error {
 	fs := flag.NewFlagSet("podmeta-ambassador", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
 		cfg               ambassador.Config
 		mode, allow, lvl  string
-		logLevel          slog.Level
+		showVersion       bool
 		defaultUpstream   = ambassador.UpstreamFromEnv(getenv)
 		upstreamHelpExtra = ""
 	)
@@ -58,23 +57,25 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 	fs.StringVar(&mode, "policy", string(policy.ReadOnly), "read-only, full or allow-list")
 	fs.StringVar(&allow, "allow", "", `allow rules, e.g. "GET /api/v1/namespaces/*/pods/**; PUT /api/v1/namespaces/a/configmaps/b"`)
 	fs.StringVar(&lvl, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&showVersion, "version", false, "print version information as JSON and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	if err := logLevel.UnmarshalText([]byte(lvl)); err != nil {
-		return fmt.Errorf("--log-level %q: want debug, info, warn or error", lvl)
+	if showVersion {
+		return json.NewEncoder(stdout).Encode(buildinfo.Get())
 	}
-	var err error
+	log, err := ops.NewLogger(stderr, lvl)
+	if err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
 	if cfg.Policy, err = policy.New(mode, allow); err != nil {
 		return fmt.Errorf("--policy/--allow: %w", err)
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	log.Info("starting", "build", buildinfo.Get())
+	reg := ops.NewRegistry()
 	srv, err := ambassador.New(cfg, log, reg, reg)
 	if err != nil {
 		return err

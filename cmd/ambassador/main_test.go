@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"encoding/pem"
 	"io"
 	"net"
@@ -30,18 +31,26 @@ func TestRunFlagErrors(t *testing.T) {
 	}{
 		{[]string{"--policy=open"}, `--policy/--allow: unknown policy "open" (want read-only, full or allow-list)`},
 		{[]string{"--allow=GTE /api"}, `--policy/--allow: allow rule 1 "GTE /api": unknown method "GTE"`},
-		{[]string{"--log-level=loud"}, `--log-level "loud"`},
+		{[]string{"--log-level=loud"}, `--log-level: invalid log level "loud"`},
 		{[]string{"--listen=0.0.0.0:8001"}, "is not a loopback address"},
 		{[]string{"--upstream=http://127.0.0.1:6443"}, "want https://host:port"},
 		{[]string{"extra"}, "unexpected arguments"},
 		{[]string{"--no-such-flag"}, "flag provided but not defined"},
 	} {
 		var stderr bytes.Buffer
-		err := run(context.Background(), append(append([]string{}, base...), tc.args...), &stderr, noEnv, nil)
+		err := run(context.Background(), append(append([]string{}, base...), tc.args...), io.Discard, &stderr, noEnv, nil)
 		assert.ErrorContains(t, err, tc.want, tc.args)
 	}
-	err := run(context.Background(), []string{"--listen=127.0.0.1:0"}, io.Discard, noEnv, nil)
+	err := run(context.Background(), []string{"--listen=127.0.0.1:0"}, io.Discard, io.Discard, noEnv, nil)
 	assert.ErrorContains(t, err, "--upstream is empty and KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set")
+}
+
+func TestVersion(t *testing.T) {
+	var out bytes.Buffer
+	require.NoError(t, run(context.Background(), []string{"--version"}, &out, io.Discard, noEnv, nil))
+	var info map[string]any
+	require.NoError(t, json.Unmarshal(out.Bytes(), &info))
+	assert.NotEmpty(t, info["goVersion"])
 }
 
 func TestRunServesAndShutsDown(t *testing.T) {
@@ -62,7 +71,7 @@ func TestRunServesAndShutsDown(t *testing.T) {
 	go func() {
 		done <- run(ctx, []string{"--listen=127.0.0.1:0", "--health-listen=127.0.0.1:0",
 			"--token-file=" + filepath.Join(dir, "token"), "--ca-file=" + filepath.Join(dir, "ca.crt"),
-			"--policy=allow-list", "--allow=GET /api"}, &stderr, func(k string) string { return env[k] },
+			"--policy=allow-list", "--allow=GET /api"}, io.Discard, &stderr, func(k string) string { return env[k] },
 			func(s *ambassador.Server) { started <- s })
 	}()
 	var srv *ambassador.Server
