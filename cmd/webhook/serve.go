@@ -1,0 +1,241 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/podmeta/podmeta/admission"
+	"github.com/podmeta/podmeta/certs"
+	"github.com/podmeta/podmeta/internal/buildinfo"
+	"github.com/podmeta/podmeta/ops"
+)
+
+type serveOptions struct {
+	listen, metricsListen string
+	certFile, keyFile     string
+	certPoll              time.Duration
+	tlsMinVersion         string
+	configFile            string
+	logLevel              string
+	shutdownDelay         time.Duration
+	shutdownGrace         time.Duration
+}
+
+func parseServeFlags(args []string, stderr io.Writer) (serveOptions, error) {
+	var o serveOptions
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "Usage: podmeta-webhook serve --tls-cert-file FILE --tls-key-file FILE [flags]\n\n"+
+			"Serves AdmissionReview v1 on POST /mutate over HTTPS, and /metrics, /healthz\n"+
+			"and /readyz over plain HTTP on --metrics-listen.\n\n")
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.listen, "listen", ":8443", "HTTPS address of the webhook (POST /mutate)")
+	fs.StringVar(&o.certFile, "tls-cert-file", "", "serving certificate (PEM, leaf first); reloaded when it changes (required)")
+	fs.StringVar(&o.keyFile, "tls-key-file", "", "private key of the serving certificate (PEM); reloaded with it (required)")
+	fs.DurationVar(&o.certPoll, "tls-poll-interval", certs.DefaultPollInterval, "re-read the certificate files this often even without a file event (0 or less: watch only)")
+	fs.StringVar(&o.tlsMinVersion, "tls-min-version", "1.2", "lowest TLS version accepted: 1.2 or 1.3")
+	fs.StringVar(&o.metricsListen, "metrics-listen", ":8080", "plain-HTTP address of /metrics, /healthz and /readyz")
+	fs.StringVar(&o.configFile, "config", "", "injection config file (YAML, see README); default: built-in defaults")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, keep serving this long with /readyz failing before closing the listener, so load balancers stop sending first")
+	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 25*time.Second, "on SIGTERM, wait at most this long for in-flight reviews after closing the listener")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return o, err
+		}
+		return o, usageError{err}
+	}
+	switch {
+	case fs.NArg() > 0:
+		return o, usageError{fmt.Errorf("serve: unexpected arguments %q", fs.Args())}
+	case o.certFile == "" || o.keyFile == "":
+		return o, usageError{errors.New("serve: --tls-cert-file and --tls-key-file are required (the webhook serves HTTPS only)")}
+	case o.shutdownGrace <= 0:
+		return o, usageError{fmt.Errorf("serve: --shutdown-grace must be positive, got %s", o.shutdownGrace)}
+	case o.shutdownDelay < 0:
+		return o, usageError{fmt.Errorf("serve: --shutdown-delay must not be negative, got %s", o.shutdownDelay)}
+	}
+	if _, err := tlsVersion(o.tlsMinVersion); err != nil {
+		return o, usageError{err}
+	}
+	if o.certPoll <= 0 {
+		o.certPoll = -1 // certs: negative disables polling
+	}
+	return o, nil
+}
+
+func tlsVersion(s string) (uint16, error) {
+	switch s {
+	case "1.2":
+		return tls.VersionTLS12, nil
+	case "1.3":
+		return tls.VersionTLS13, nil
+	}
+	return 0, fmt.Errorf("serve: --tls-min-version %q: want 1.2 or 1.3", s)
+}
+
+// serve runs the webhook until ctx is cancelled, then shuts down gracefully:
+// /readyz fails at once, the HTTPS listener stays open for --shutdown-delay,
+// then closes, and in-flight reviews get --shutdown-grace to finish.
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	o, err := parseServeFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	log, err := ops.NewLogger(stderr, o.logLevel)
+	if err != nil {
+		return usageError{fmt.Errorf("serve: --log-level: %w", err)}
+	}
+	cfg, err := loadConfig(o.configFile)
+	if err != nil {
+		return err
+	}
+	reg := ops.NewRegistry()
+	registerBuildInfo(reg)
+	reloader, err := certs.New(certs.Options{
+		CertFile: o.certFile, KeyFile: o.keyFile, PollInterval: o.certPoll,
+		Logger: log, Registerer: reg,
+	})
+	if err != nil {
+		return fmt.Errorf("serving certificate: %w", err)
+	}
+	handler, err := admission.NewHandler(cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	minVersion, _ := tlsVersion(o.tlsMinVersion)
+
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	defer ln.Close()
+	mln, err := net.Listen("tcp", o.metricsListen)
+	if err != nil {
+		return fmt.Errorf("--metrics-listen: %w", err)
+	}
+	defer mln.Close()
+
+	var serving, shuttingDown atomic.Bool
+	ready := func() error {
+		switch {
+		case shuttingDown.Load():
+			return errors.New("shutting down")
+		case !reloader.Ready():
+			return errors.New("no serving certificate loaded")
+		case !serving.Load():
+			return errors.New("webhook listener not serving yet")
+		}
+		return nil
+	}
+	opsSrv := ops.NewServer(o.metricsListen, ops.Handler(reg, ready, log), log)
+
+	mux := http.NewServeMux()
+	mux.Handle("POST /mutate", handler)
+	srv := &http.Server{
+		Addr:    o.listen,
+		Handler: mux,
+		TLSConfig: &tls.Config{
+			MinVersion:     minVersion,
+			GetCertificate: reloader.GetCertificate,
+		},
+		// The API server gives a webhook at most 30 s (timeoutSeconds); a
+		// review that takes longer is useless, and a client that dawdles
+		// over its headers is not the API server.
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    1 << 20,
+		// TLS handshake failures land here: warn, they usually mean a
+		// caBundle that does not match the serving certificate.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+
+	reloadCtx, stopReload := context.WithCancel(context.Background())
+	defer stopReload()
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Go(func() { _ = reloader.Run(reloadCtx) })
+	wg.Go(func() {
+		if err := opsSrv.Serve(mln); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("metrics server: %w", err)
+		}
+	})
+	wg.Go(func() {
+		if err := srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("webhook server: %w", err)
+		}
+	})
+	serving.Store(true)
+	info := buildinfo.Get()
+	log.Info("serving admission reviews",
+		"addr", ln.Addr().String(), "metrics_addr", mln.Addr().String(),
+		"version", info.Version, "commit", info.Commit,
+		"config", o.configFile, "tls_min_version", o.tlsMinVersion)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "delay", o.shutdownDelay.String(), "grace", o.shutdownGrace.String())
+	case runErr = <-errc:
+		log.Error("server failed, shutting down", "error", runErr)
+	}
+	shuttingDown.Store(true)
+	// Ask clients to reconnect (to another replica) after their current
+	// request instead of reusing a connection to a server that is leaving.
+	srv.SetKeepAlivesEnabled(false)
+	if runErr == nil && o.shutdownDelay > 0 {
+		// Endpoints and load balancers take a moment to notice; reviews
+		// that still arrive meanwhile are answered, not refused.
+		time.Sleep(o.shutdownDelay)
+	}
+	graceCtx, cancel := context.WithTimeout(context.Background(), o.shutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(graceCtx); err != nil {
+		_ = srv.Close()
+		log.Error("in-flight reviews cut off", "grace", o.shutdownGrace.String(), "error", err)
+		runErr = errors.Join(runErr, fmt.Errorf("shutdown: in-flight reviews did not finish within --shutdown-grace %s", o.shutdownGrace))
+	}
+	// The ops server goes last so /readyz says "shutting down" to the end.
+	opsCtx, cancelOps := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancelOps()
+	if err := opsSrv.Shutdown(opsCtx); err != nil {
+		_ = opsSrv.Close()
+	}
+	stopReload()
+	wg.Wait()
+	if runErr == nil {
+		log.Info("stopped")
+	}
+	return runErr
+}
+
+// registerBuildInfo exports podmeta_build_info{version,commit,goversion} 1,
+// the usual way to see in Prometheus which build runs where.
+func registerBuildInfo(reg prometheus.Registerer) {
+	info := buildinfo.Get()
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "podmeta_build_info",
+		Help: "Always 1; the labels say which build of podmeta-webhook is running.",
+	}, []string{"version", "commit", "goversion"})
+	g.WithLabelValues(info.Version, info.Commit, info.GoVersion).Set(1)
+	reg.MustRegister(g)
+}
