@@ -1,7 +1,9 @@
 package ambassador
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -38,10 +40,11 @@ func newProxy(upstream *url.URL, caFile string, pol policy.Policy, creds *creden
 		// read of a known-length body.
 		FlushInterval: 0,
 		// Without a pool every request allocates a 32 KiB copy buffer.
-		BufferPool:   bufferPool{},
-		Transport:    roundTripper{p},
-		ErrorHandler: p.upstreamError,
-		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		BufferPool:     bufferPool{},
+		Transport:      roundTripper{p},
+		ModifyResponse: bufferComplete,
+		ErrorHandler:   p.upstreamError,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	return p
 }
@@ -128,6 +131,83 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		rt.p.creds.requestReload()
 	}
 	return res, err
+}
+
+// Small complete responses (a get, a list of a few dozen objects) are read
+// whole before the first byte goes to the client, so the client gets a
+// Content-Length and the response leaves in one or two writes instead of a
+// chunked write per upstream read plus a terminating chunk. Streams (watch,
+// log follow, anything through a proxy subresource, and any response
+// labelled stream=...) are never held back; bodies above bufferLimit stream
+// after their first bufferLimit bytes.
+const bufferLimit = 64 << 10
+
+var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, bufferLimit); return &b }}
+
+func bufferComplete(res *http.Response) error {
+	if res.ContentLength != -1 || !bufferable(res) {
+		return nil
+	}
+	bp := bodyBuffers.Get().(*[]byte)
+	n, err := io.ReadFull(res.Body, *bp)
+	switch err {
+	case io.EOF, io.ErrUnexpectedEOF: // the whole body fit
+		res.Body.Close()
+		res.Body = &bufferedBody{Reader: bytes.NewReader((*bp)[:n]), buf: bp}
+		res.ContentLength = int64(n)
+		res.Header.Set("Content-Length", strconv.Itoa(n))
+		res.TransferEncoding = nil
+	case nil: // larger: send what we have, then stream the rest
+		res.Body = &bufferedBody{Reader: io.MultiReader(bytes.NewReader(*bp), res.Body), buf: bp, rest: res.Body}
+	default:
+		res.Body.Close()
+		bodyBuffers.Put(bp)
+		return fmt.Errorf("read response body: %w", err)
+	}
+	return nil
+}
+
+func bufferable(res *http.Response) bool {
+	req := res.Request
+	if req.Method == http.MethodHead || res.StatusCode < 200 || res.StatusCode == http.StatusNoContent {
+		return false
+	}
+	ct := res.Header.Get("Content-Type")
+	if strings.Contains(ct, "stream=") {
+		return false
+	}
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	switch strings.ToLower(strings.TrimSpace(ct)) {
+	case "application/json", "application/yaml", "application/vnd.kubernetes.protobuf":
+	default:
+		return false
+	}
+	// Cheap and deliberately broad: any query mentioning watch or follow,
+	// any watch path or proxy subresource streams.
+	q, path := req.URL.RawQuery, req.URL.Path
+	return !strings.Contains(q, "watch") && !strings.Contains(q, "follow") &&
+		!strings.Contains(path, "/watch") && !strings.Contains(path, "/proxy")
+}
+
+type bufferedBody struct {
+	io.Reader
+	buf  *[]byte
+	rest io.Closer // upstream body still being read, if any
+}
+
+func (b *bufferedBody) Close() error {
+	var err error
+	if b.rest != nil {
+		err = b.rest.Close()
+		b.rest = nil
+	}
+	if b.buf != nil {
+		bodyBuffers.Put(b.buf)
+		b.buf = nil
+	}
+	return err
 }
 
 type bufferPool struct{}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -463,4 +464,56 @@ func TestNewFailsOnBusyPort(t *testing.T) {
 	_, err = New(Config{Listen: ln.Addr().String(), HealthListen: "127.0.0.1:0", Upstream: "https://127.0.0.1:1",
 		TokenFile: dir + "/t", CAFile: dir + "/c"}, nil, nil, nil)
 	assert.ErrorContains(t, err, "--listen")
+}
+
+func TestCompleteResponsesGetContentLength(t *testing.T) {
+	small := strings.Repeat("a", 21*1024)
+	large := strings.Repeat("b", bufferLimit*3+17)
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		ct := "application/json"
+		if r.URL.Query().Get("ct") != "" {
+			ct = r.URL.Query().Get("ct")
+		}
+		w.Header().Set("Content-Type", ct)
+		body := small
+		if r.URL.Query().Get("size") == "large" {
+			body = large
+		}
+		// Two writes with a flush between: no Content-Length upstream.
+		_, _ = io.WriteString(w, body[:len(body)/2])
+		http.NewResponseController(w).Flush()
+		if r.URL.Query().Get("fail") != "" {
+			panic(http.ErrAbortHandler) // resets the stream mid-body
+		}
+		_, _ = io.WriteString(w, body[len(body)/2:])
+	})
+	vol := newSAVolume(t, "tok", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca())
+
+	get := func(query string) (*http.Response, string) {
+		res, err := h.client.Get(h.url + "/api/v1/pods?" + query)
+		require.NoError(t, err)
+		defer res.Body.Close()
+		b, err := io.ReadAll(res.Body)
+		require.NoError(t, err)
+		return res, string(b)
+	}
+	res, body := get("")
+	assert.Equal(t, small, body)
+	assert.Equal(t, int64(len(small)), res.ContentLength, "small JSON is sent with Content-Length")
+
+	res, body = get("size=large")
+	assert.Equal(t, len(large), len(body))
+	assert.Equal(t, large, body, "a body above the limit arrives intact")
+	assert.Equal(t, int64(-1), res.ContentLength, "and is streamed")
+
+	for _, q := range []string{"watch=1", "ct=application%2Fjson%3Bstream%3Dlines", "ct=text/plain", "follow=true"} {
+		res, body = get(q)
+		assert.Equal(t, small, body, q)
+		assert.Equal(t, int64(-1), res.ContentLength, "%s is never held back", q)
+	}
+
+	res, body = get("fail=1")
+	assert.Equal(t, http.StatusBadGateway, res.StatusCode, "an upstream reset inside the buffered part is a 502")
+	assert.Contains(t, decodeStatus(t, res.StatusCode, body).Message, "read response body")
 }

@@ -66,7 +66,7 @@ func run() error {
 	flag.DurationVar(&o.duration, "duration", 3*time.Second, "length of each concurrent round (throughput)")
 	flag.IntVar(&o.clients, "clients", 16, "concurrent clients in the throughput rounds")
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds per target")
-	flag.StringVar(&o.ambEnv, "ambassador-env", "", "extra environment for the ambassador, KEY=VALUE,... (e.g. GOGC=200)")
+	flag.StringVar(&o.ambEnv, "ambassador-env", "", "extra environment for the ambassador, KEY=VALUE,...; several variants separated by ; each get their own process (e.g. \"GOGC=100;GOGC=50\")")
 	flag.Parse()
 
 	dir, err := os.MkdirTemp("", "ambassador-bench")
@@ -114,18 +114,27 @@ func run() error {
 		header: http.Header{"Authorization": {"Bearer " + token}},
 	}}
 
-	ambPort, healthPort := freePort(), freePort()
-	amb := exec.Command(bin, "--listen=127.0.0.1:"+ambPort, "--health-listen=127.0.0.1:"+healthPort,
-		"--upstream="+api.URL, "--token-file="+tokenFile, "--ca-file="+caFile, "--log-level=warn")
-	amb.Stderr = os.Stderr
+	// One ambassador per variant, so settings can be compared in one run.
+	variants := []string{""}
 	if o.ambEnv != "" {
-		amb.Env = append(os.Environ(), strings.Split(o.ambEnv, ",")...)
+		variants = strings.Split(o.ambEnv, ";")
 	}
-	if err := amb.Start(); err != nil {
-		return err
+	for _, v := range variants {
+		ambPort, healthPort := freePort(), freePort()
+		amb := exec.Command(bin, "--listen=127.0.0.1:"+ambPort, "--health-listen=127.0.0.1:"+healthPort,
+			"--upstream="+api.URL, "--token-file="+tokenFile, "--ca-file="+caFile, "--log-level=warn")
+		amb.Stderr = os.Stderr
+		name := "podmeta-ambassador"
+		if v != "" {
+			amb.Env = append(os.Environ(), strings.Split(v, ",")...)
+			name += " (" + v + ")"
+		}
+		if err := amb.Start(); err != nil {
+			return err
+		}
+		defer stop(amb)
+		targets = append(targets, &target{name: name, url: "http://127.0.0.1:" + ambPort + listPath, client: plainClient(o.clients), pid: amb.Process.Pid})
 	}
-	defer stop(amb)
-	targets = append(targets, &target{name: "podmeta-ambassador", url: "http://127.0.0.1:" + ambPort + listPath, client: plainClient(o.clients), pid: amb.Process.Pid})
 
 	if o.kubectl != "" {
 		if path, err := exec.LookPath(o.kubectl); err == nil {
@@ -351,10 +360,10 @@ func report(w io.Writer, ts []*target, o options, size int) {
 	}
 	var amb, kp *target
 	for _, t := range ts {
-		switch t.name {
-		case "podmeta-ambassador":
+		switch {
+		case amb == nil && strings.HasPrefix(t.name, "podmeta-ambassador"):
 			amb = t
-		case "kubectl proxy":
+		case t.name == "kubectl proxy":
 			kp = t
 		}
 	}
