@@ -230,11 +230,19 @@ func (r *Reloader) install(p *pair) {
 	r.current.Store(p)
 	leaf := p.cert.Leaf
 	r.expiry.Set(float64(leaf.NotAfter.Unix()))
-	r.log.Info("serving certificate loaded",
+	attrs := []any{
 		"subject", leaf.Subject.String(),
 		"dns_names", leaf.DNSNames,
 		"serial", leaf.SerialNumber.String(),
-		"not_after", leaf.NotAfter.UTC().Format(time.RFC3339))
+		"not_after", leaf.NotAfter.UTC().Format(time.RFC3339),
+	}
+	// Served anyway (it is the best we have, and the API server will say
+	// why it refuses it), but say so loudly.
+	if now := time.Now(); now.After(leaf.NotAfter) || now.Before(leaf.NotBefore) {
+		r.log.Warn("serving certificate loaded but not valid now", attrs...)
+		return
+	}
+	r.log.Info("serving certificate loaded", attrs...)
 }
 
 func (r *Reloader) isWatchedDir(name string) bool {

@@ -2,8 +2,10 @@ package certs
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -181,6 +183,29 @@ func TestPlainFilesReplacedByRename(t *testing.T) {
 	require.Eventually(t, func() bool { return r.Leaf().Subject.CommonName == "two" }, 10*time.Second, 10*time.Millisecond)
 }
 
+// If the watched directory itself goes away (the whole mount replaced),
+// inotify drops the watch; it is re-added once the directory is back.
+func TestWatchReaddedAfterDirectoryRemoved(t *testing.T) {
+	f := newFixture(t)
+	require.NoError(t, testcerts.WriteServing(f.dir, f.issue(t, "one")))
+	o := f.opts()
+	o.PollInterval = 20 * time.Millisecond
+	r, err := New(o)
+	require.NoError(t, err)
+	start(t, r)
+
+	require.NoError(t, os.RemoveAll(f.dir))
+	require.Eventually(t, func() bool { return len(r.watcher.WatchList()) == 0 }, 10*time.Second, 10*time.Millisecond,
+		"the kernel drops the watch of a removed directory")
+	assert.Equal(t, "one", r.Leaf().Subject.CommonName, "still serving the old certificate")
+
+	require.NoError(t, os.Mkdir(f.dir, 0o755))
+	require.NoError(t, testcerts.WriteServing(f.dir, f.issue(t, "two")))
+	require.Eventually(t, func() bool {
+		return r.Leaf().Subject.CommonName == "two" && len(r.watcher.WatchList()) == 1
+	}, 10*time.Second, 10*time.Millisecond)
+}
+
 func TestInvalidPairKeepsServingOld(t *testing.T) {
 	f := newFixture(t)
 	one, other := f.issue(t, "one"), f.issue(t, "other")
@@ -297,4 +322,18 @@ func TestUniqueDirs(t *testing.T) {
 	for _, tc := range tests {
 		assert.Equal(t, tc.want, uniqueDirs(tc.files...), "%v", tc.files)
 	}
+}
+
+func TestExpiredCertificateIsServedWithWarning(t *testing.T) {
+	f := newFixture(t)
+	expired, err := f.ca.Issue("old", -30*time.Second)
+	require.NoError(t, err)
+	require.NoError(t, testcerts.WriteServing(f.dir, expired))
+	var logs bytes.Buffer
+	o := f.opts()
+	o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	r, err := New(o)
+	require.NoError(t, err)
+	assert.Equal(t, "old", r.Leaf().Subject.CommonName)
+	assert.Contains(t, logs.String(), `"level":"WARN","msg":"serving certificate loaded but not valid now"`)
 }
