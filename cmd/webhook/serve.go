@@ -109,6 +109,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	reg := ops.NewRegistry()
 	registerBuildInfo(reg)
+	handler, err := admission.NewHandler(cfg, log, reg)
+	if err != nil {
+		return err
+	}
 	reloader, err := certs.New(certs.Options{
 		CertFile: o.certFile, KeyFile: o.keyFile, PollInterval: o.certPoll,
 		Logger: log, Registerer: reg,
@@ -116,10 +120,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("serving certificate: %w", err)
 	}
-	handler, err := admission.NewHandler(cfg, log, reg)
-	if err != nil {
-		return err
-	}
+	// From here every goroutine is waited for, on every return path.
+	reloadCtx, stopReload := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { stopReload(); wg.Wait() }()
+	wg.Go(func() { _ = reloader.Run(reloadCtx) })
 	minVersion, _ := tlsVersion(o.tlsMinVersion)
 
 	ln, err := net.Listen("tcp", o.listen)
@@ -169,11 +174,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 
-	reloadCtx, stopReload := context.WithCancel(context.Background())
-	defer stopReload()
-	var wg sync.WaitGroup
 	errc := make(chan error, 2)
-	wg.Go(func() { _ = reloader.Run(reloadCtx) })
 	wg.Go(func() {
 		if err := opsSrv.Serve(mln); !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("metrics server: %w", err)
@@ -220,8 +221,6 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := opsSrv.Shutdown(opsCtx); err != nil {
 		_ = opsSrv.Close()
 	}
-	stopReload()
-	wg.Wait()
 	if runErr == nil {
 		log.Info("stopped")
 	}
