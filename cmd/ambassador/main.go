@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"github.com/podmeta/podmeta/ambassador"
@@ -21,6 +22,14 @@ import (
 )
 
 func main() {
+	// One P unless the operator says otherwise: the sidecar serves one
+	// pod, its default CPU limit (200m) is far below a core (the runtime
+	// would still pick 2), and with one P a proxied request needs no
+	// cross-thread wakeups: fewer futex/nanosleep calls and lower latency
+	// (BENCHMARKS.md, "Ambassador").
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv, nil); err != nil {

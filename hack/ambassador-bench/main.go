@@ -56,6 +56,7 @@ type options struct {
 	clients    int
 	rounds     int
 	ambEnv     string // extra KEY=VALUE,... for the ambassador process
+	syscalls   bool
 }
 
 func run() error {
@@ -67,6 +68,7 @@ func run() error {
 	flag.IntVar(&o.clients, "clients", 16, "concurrent clients in the throughput rounds")
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds per target")
 	flag.StringVar(&o.ambEnv, "ambassador-env", "", "extra environment for the ambassador, KEY=VALUE,...; several variants separated by ; each get their own process (e.g. \"GOGC=100;GOGC=50\")")
+	flag.BoolVar(&o.syscalls, "syscalls", true, "count each proxy's system calls per request with strace -c (skipped without strace)")
 	flag.Parse()
 
 	dir, err := os.MkdirTemp("", "ambassador-bench")
@@ -173,6 +175,15 @@ func run() error {
 			t.measureConcurrent(o.clients, o.duration)
 		}
 	}
+	if o.syscalls {
+		if strace, err := exec.LookPath("strace"); err == nil {
+			for _, t := range targets[1:] {
+				if err := t.countSyscalls(strace, o.clients); err != nil {
+					fmt.Fprintf(os.Stderr, "%s: strace: %v\n", t.name, err)
+				}
+			}
+		}
+	}
 	report(os.Stdout, targets, o, len(body))
 	return nil
 }
@@ -185,11 +196,12 @@ type target struct {
 	header http.Header
 	pid    int // proxy process, 0 for direct
 
-	medians, p99s []time.Duration // per serial round
-	rps           []float64       // per concurrent round
-	cpuPerReq     []time.Duration // proxy CPU per request, per concurrent round
-	rssKiB        int64           // max VmRSS seen
-	hwmKiB        int64
+	medians, p99s  []time.Duration // per serial round
+	rps            []float64       // per concurrent round
+	cpuPerReq      []time.Duration // proxy CPU per request, per concurrent round
+	syscallsPerReq float64         // from strace -c, 0 if not measured
+	rssKiB         int64           // max VmRSS seen
+	hwmKiB         int64
 }
 
 func (t *target) get() error {
@@ -292,6 +304,46 @@ func (t *target) sampleMemory() {
 	t.hwmKiB = max(t.hwmKiB, hwm)
 }
 
+// countSyscalls attaches strace -c to the proxy for a throughput round.
+// System calls dominate a proxy's CPU profile and, unlike CPU time on a
+// shared machine, their count per request does not depend on the noise.
+func (t *target) countSyscalls(strace string, clients int) error {
+	out := filepath.Join(os.TempDir(), fmt.Sprintf("ambassador-bench-strace-%d", t.pid))
+	defer os.Remove(out)
+	cmd := exec.Command(strace, "-f", "-c", "-o", out, "-p", strconv.Itoa(t.pid))
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	time.Sleep(500 * time.Millisecond) // attach to every thread
+	n := t.concurrent(clients, 2*time.Second)
+	_ = cmd.Process.Signal(os.Interrupt)
+	_ = cmd.Wait() // strace reports the interrupt as its exit status
+	b, err := os.ReadFile(out)
+	if err != nil {
+		return err
+	}
+	var calls int64
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		// "% time seconds usecs/call calls [errors] syscall"
+		if len(f) < 5 || f[len(f)-1] == "total" {
+			continue
+		}
+		if _, err := strconv.ParseFloat(f[0], 64); err != nil {
+			continue
+		}
+		c, err := strconv.ParseInt(f[3], 10, 64)
+		if err != nil {
+			continue
+		}
+		calls += c
+	}
+	if n > 0 {
+		t.syscallsPerReq = float64(calls) / float64(n)
+	}
+	return nil
+}
+
 // procCPU is the user+system CPU time of pid (0: none).
 func procCPU(pid int) time.Duration {
 	if pid == 0 {
@@ -345,18 +397,21 @@ func report(w io.Writer, ts []*target, o options, size int) {
 	bm, br := median(base.medians), median(base.rps)
 	fmt.Fprintf(w, "payload %d bytes, %d rounds; latency: %d serial requests/round; throughput: %d clients x %s/round (medians of rounds)\n\n",
 		size, o.rounds, o.serial, o.clients, o.duration)
-	fmt.Fprintln(w, "| target | median latency | added median | p99 latency | req/s at 16 clients | throughput vs direct | proxy CPU per request | RSS (peak) |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	fmt.Fprintf(w, "| target | median latency | added median | p99 latency | req/s at %d clients | throughput vs direct | proxy CPU per request | proxy syscalls per request | RSS (peak) |\n", o.clients)
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, t := range ts {
 		m, r := median(t.medians), median(t.rps)
-		added, ratio, cpu, rss := "—", "1.00", "—", "—"
+		added, ratio, cpu, sys, rss := "—", "1.00", "—", "—", "—"
 		if t != base {
 			added = fmt.Sprintf("%+.3f ms", ms(m-bm))
 			ratio = fmt.Sprintf("%.2f (%+.1f %%)", r/br, (r/br-1)*100)
 			cpu = fmt.Sprintf("%.3f ms", ms(median(t.cpuPerReq)))
 			rss = fmt.Sprintf("%.1f MiB (%.1f MiB)", float64(t.rssKiB)/1024, float64(t.hwmKiB)/1024)
+			if t.syscallsPerReq > 0 {
+				sys = fmt.Sprintf("%.1f", t.syscallsPerReq)
+			}
 		}
-		fmt.Fprintf(w, "| %s | %.3f ms | %s | %.3f ms | %.0f | %s | %s | %s |\n", t.name, ms(m), added, ms(median(t.p99s)), r, ratio, cpu, rss)
+		fmt.Fprintf(w, "| %s | %.3f ms | %s | %.3f ms | %.0f | %s | %s | %s | %s |\n", t.name, ms(m), added, ms(median(t.p99s)), r, ratio, cpu, sys, rss)
 	}
 	var amb, kp *target
 	for _, t := range ts {
@@ -368,10 +423,14 @@ func report(w io.Writer, ts []*target, o options, size int) {
 		}
 	}
 	if amb != nil && kp != nil {
-		fmt.Fprintf(w, "\nambassador / kubectl proxy: added median latency %.2f, CPU per request %.2f, peak RSS %.2f\n",
+		fmt.Fprintf(w, "\nambassador / kubectl proxy: added median latency %.2f, CPU per request %.2f, peak RSS %.2f",
 			ms(median(amb.medians)-bm)/ms(median(kp.medians)-bm),
 			ms(median(amb.cpuPerReq))/ms(median(kp.cpuPerReq)),
 			float64(amb.hwmKiB)/float64(kp.hwmKiB))
+		if amb.syscallsPerReq > 0 && kp.syscallsPerReq > 0 {
+			fmt.Fprintf(w, ", syscalls per request %.2f", amb.syscallsPerReq/kp.syscallsPerReq)
+		}
+		fmt.Fprintln(w)
 	}
 }
 
