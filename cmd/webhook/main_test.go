@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -649,4 +650,54 @@ func TestExampleConfigIsTheDefault(t *testing.T) {
 	a, _ := json.Marshal(cfg)
 	b, _ := json.Marshal(mutate.DefaultConfig())
 	assert.JSONEq(t, string(b), string(a), "examples/config.yaml documents the defaults; update it with them")
+}
+
+// Rotating the certificate while reviews are flowing loses none of them:
+// connections (new ones and kept-alive ones) keep working throughout.
+func TestRotationUnderTrafficDropsNothing(t *testing.T) {
+	ca, dir := newCerts(t)
+	s := startServe(t, dir)
+	pod := testPod()
+	body := reviewBody(t, "rotating", pod)
+
+	const workers, perWorker = 4, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*perWorker)
+	for w := range workers {
+		wg.Go(func() {
+			c := client(ca, false)
+			// Half the workers reconnect for every review, half keep alive.
+			c.Transport.(*http.Transport).DisableKeepAlives = w%2 == 0
+			for range perWorker {
+				resp, err := c.Post("https://"+s.addr+"/mutate", "application/json", bytes.NewReader(body))
+				if err != nil {
+					errs <- err
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					errs <- fmt.Errorf("status %d", resp.StatusCode)
+				}
+			}
+		})
+	}
+	for _, cn := range []string{"two", "three", "four"} {
+		require.NoError(t, testcerts.WriteServing(dir, issue(t, ca, cn)))
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// The last certificate is the one served in the end.
+	require.Eventually(t, func() bool {
+		c := client(ca, false)
+		resp, err := c.Post("https://"+s.addr+"/mutate", "application/json", bytes.NewReader(body))
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		return resp.TLS.PeerCertificates[0].Subject.CommonName == "four"
+	}, 20*time.Second, 20*time.Millisecond)
 }
