@@ -1,8 +1,8 @@
 # podmeta — see README.md. `make test` is what CI runs.
 GO ?= go
 
-.PHONY: test unit vet fmt-check
-test: fmt-check vet unit
+.PHONY: test unit vet fmt-check fuzz-short
+test: fmt-check vet unit fuzz-short
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -12,3 +12,14 @@ vet:
 
 unit:
 	$(GO) test -race -count=1 ./...
+
+# A short run of every fuzz target (go test runs only their seeds). Longer:
+# make fuzz-short FUZZTIME=10m, or one target with go test -fuzz.
+FUZZTIME ?= 10s
+fuzz-short:
+	@for f in $$(git ls-files '*_test.go' | xargs grep -l '^func Fuzz'); do \
+	  for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+	    echo "fuzz ./$$(dirname $$f) $$t ($(FUZZTIME))"; \
+	    $(GO) test ./$$(dirname $$f) -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) || exit 1; \
+	  done; \
+	done

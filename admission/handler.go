@@ -48,7 +48,9 @@ const (
 const admissionV1 = "admission.k8s.io/v1"
 
 type handler struct {
-	cfg     mutate.Config
+	cfg mutate.Config
+	// mutate is mutate.Pod; tests replace it to exercise panic recovery.
+	mutate  func(*corev1.Pod, mutate.Config) (*corev1.Pod, mutate.Report, error)
 	log     *slog.Logger
 	m       *metrics
 	bufPool sync.Pool
@@ -68,7 +70,7 @@ func NewHandler(cfg mutate.Config, logger *slog.Logger, reg prometheus.Registere
 	if err != nil {
 		return nil, fmt.Errorf("admission handler: register metrics: %w", err)
 	}
-	h := &handler{cfg: cfg, log: logger, m: m}
+	h := &handler{cfg: cfg, mutate: mutate.Pod, log: logger, m: m}
 	h.bufPool.New = func() any { return new(bytes.Buffer) }
 	return h, nil
 }
@@ -190,7 +192,7 @@ func (h *handler) review(req *admissionv1.AdmissionRequest) (string, *admissionv
 		return OutcomeBadRequest, nil, badRequest("decode request object as a Pod: %v", err)
 	}
 	log := h.log.With("namespace", req.Namespace, "name", podName(req, &pod), "uid", req.UID, "dryRun", req.DryRun != nil && *req.DryRun)
-	mutated, report, err := mutate.Pod(&pod, h.cfg)
+	mutated, report, err := h.mutate(&pod, h.cfg)
 	if err != nil {
 		log.Info("pod denied", "error", err.Error())
 		return OutcomeDenied, &admissionv1.AdmissionResponse{

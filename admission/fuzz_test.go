@@ -1,0 +1,69 @@
+package admission
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	jsonpatch "github.com/evanphx/json-patch/v5"
+	admissionv1 "k8s.io/api/admission/v1"
+)
+
+// FuzzHandler feeds arbitrary bodies to the handler. Whatever comes in, it
+// must answer with a client error or a well-formed review, never a 500 (a
+// recovered panic or a patch failure), and a returned patch must be add-only
+// and apply to the request's object.
+//
+// Longer run: go test ./admission -run '^$' -fuzz FuzzHandler -fuzztime 10m
+func FuzzHandler(f *testing.F) {
+	f.Add(review("u", "CREATE", "Pod", optedInPod))
+	f.Add(review("u", "CREATE", "Pod", strings.Replace(optedInPod, `"labels"`, `"annotations":{"podmeta.io/containers":"app","podmeta.io/env-prefix":"X_"},"labels"`, 1)))
+	f.Add(review("u", "CREATE", "Pod", `{"metadata":{"labels":{"podmeta.io/inject":"true"},"annotations":{}},"spec":{"initContainers":[],"containers":[{"name":"a","env":[],"volumeMounts":[]}],"volumes":[]}}`))
+	f.Add(review("u", "CREATE", "Pod", `{"metadata":{"labels":{"podmeta.io/inject":"true"}},"spec":{"containers":[{"name":"podmeta-ambassador"},{"name":"b","ports":[{"containerPort":8001}]}],"volumes":[{"name":"podmeta"}]}}`))
+	f.Add(review("u", "UPDATE", "Pod", optedInPod))
+	f.Add(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}`)
+	f.Add(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x","kind":{"version":"v1","kind":"Pod"},"operation":"CREATE","object":null}}`)
+	f.Add(`[]`)
+	h, _ := newTestHandler(f)
+	f.Fuzz(func(t *testing.T, body string) {
+		rec := post(h, "application/json", body)
+		switch rec.Code {
+		case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+			return
+		case http.StatusOK:
+		default:
+			t.Fatalf("status %d: %s", rec.Code, rec.Body.String())
+		}
+		var out admissionv1.AdmissionReview
+		if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil || out.Response == nil {
+			t.Fatalf("bad response %q: %v", rec.Body.String(), err)
+		}
+		var in admissionv1.AdmissionReview
+		if err := json.Unmarshal([]byte(body), &in); err != nil {
+			t.Fatalf("200 for a body that does not decode: %v", err)
+		}
+		if out.Response.UID != in.Request.UID {
+			t.Fatalf("uid %q, want %q", out.Response.UID, in.Request.UID)
+		}
+		if out.Response.Patch == nil {
+			return
+		}
+		var ops []map[string]any
+		if err := json.Unmarshal(out.Response.Patch, &ops); err != nil {
+			t.Fatal(err)
+		}
+		for _, op := range ops {
+			if op["op"] != "add" {
+				t.Fatalf("non-add op %v", op)
+			}
+		}
+		p, err := jsonpatch.DecodePatch(out.Response.Patch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Apply(in.Request.Object.Raw); err != nil {
+			t.Fatalf("patch does not apply: %v\npatch: %s\nobject: %s", err, out.Response.Patch, in.Request.Object.Raw)
+		}
+	})
+}
