@@ -6,6 +6,7 @@ package admission
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -97,8 +98,13 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			outcome = OutcomeServerError
 			http.Error(w, fmt.Sprintf("podmeta: internal error: %v", v), http.StatusInternalServerError)
 		}
+		elapsed := time.Since(start)
 		h.m.requests.WithLabelValues(outcome).Inc()
-		h.m.duration.Observe(time.Since(start).Seconds())
+		h.m.duration.Observe(elapsed.Seconds())
+		if h.log.Enabled(r.Context(), slog.LevelDebug) {
+			h.log.LogAttrs(r.Context(), slog.LevelDebug, "admission review",
+				slog.String("outcome", outcome), slog.Duration("duration", elapsed), slog.String("remote", r.RemoteAddr))
+		}
 	}()
 	out, body, err := h.serve(w, r)
 	outcome = out
@@ -191,10 +197,19 @@ func (h *handler) review(req *admissionv1.AdmissionRequest) (string, *admissionv
 	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
 		return OutcomeBadRequest, nil, badRequest("decode request object as a Pod: %v", err)
 	}
-	log := h.log.With("namespace", req.Namespace, "name", podName(req, &pod), "uid", req.UID, "dryRun", req.DryRun != nil && *req.DryRun)
+	// Attributes are built only for a log line that is enabled: this is the
+	// hot path and most lines are debug.
+	log := func(level slog.Level, msg string, attrs ...slog.Attr) {
+		if !h.log.Enabled(context.Background(), level) {
+			return
+		}
+		attrs = append(attrs, slog.String("namespace", req.Namespace), slog.String("name", podName(req, &pod)),
+			slog.String("uid", string(req.UID)), slog.Bool("dryRun", req.DryRun != nil && *req.DryRun))
+		h.log.LogAttrs(context.Background(), level, msg, attrs...)
+	}
 	mutated, report, err := h.mutate(&pod, h.cfg)
 	if err != nil {
-		log.Info("pod denied", "error", err.Error())
+		log(slog.LevelInfo, "pod denied", slog.String("error", err.Error()))
 		return OutcomeDenied, &admissionv1.AdmissionResponse{
 			Allowed: false,
 			Result: &metav1.Status{
@@ -206,7 +221,7 @@ func (h *handler) review(req *admissionv1.AdmissionRequest) (string, *admissionv
 		}, nil
 	}
 	if !report.OptedIn {
-		log.Debug("pod not opted in", "label", mutate.LabelInject)
+		log(slog.LevelDebug, "pod not opted in", slog.String("label", mutate.LabelInject))
 		return OutcomeNotOptedIn, allowed, nil
 	}
 	for _, s := range report.Skips {
@@ -218,7 +233,7 @@ func (h *handler) review(req *admissionv1.AdmissionRequest) (string, *admissionv
 		return OutcomeServerError, nil, fmt.Errorf("build patch: %w", err)
 	}
 	if len(ops) == 0 {
-		log.Debug("pod already injected", "injected", report.Injected)
+		log(slog.LevelDebug, "pod already injected", slog.Any("injected", report.Injected))
 		return OutcomeUnchanged, allowed, nil
 	}
 	p, err := json.Marshal(ops)
@@ -231,7 +246,8 @@ func (h *handler) review(req *admissionv1.AdmissionRequest) (string, *admissionv
 	pt := admissionv1.PatchTypeJSONPatch
 	allowed.Patch = p
 	allowed.PatchType = &pt
-	log.Info("pod injected", "injected", report.Injected, "containers", report.Containers, "skips", len(report.Skips), "ops", len(ops))
+	log(slog.LevelInfo, "pod injected", slog.Any("injected", report.Injected), slog.Any("containers", report.Containers),
+		slog.Int("skips", len(report.Skips)), slog.Int("ops", len(ops)))
 	return OutcomePatched, allowed, nil
 }
 

@@ -74,6 +74,9 @@ type injection struct {
 	// selected are pointers into pod's container lists, in pod order:
 	// init containers first.
 	selected []*corev1.Container
+	// touched[i]: selected[i] carries podmeta env vars or the mount (now
+	// or from an earlier pass), so the report lists it on every pass.
+	touched []bool
 	// ambassadorPresent: the ambassador is in the pod (added now or before).
 	ambassadorPresent bool
 	pendingAmbassador *corev1.Container
@@ -105,6 +108,7 @@ func (in *injection) selectContainers() error {
 	}
 	pick(in.pod.Spec.InitContainers)
 	pick(in.pod.Spec.Containers)
+	in.touched = make([]bool, len(in.selected))
 	for _, n := range in.s.containerList {
 		if !found[n] {
 			missing = append(missing, n)
@@ -137,8 +141,8 @@ func (in *injection) finish() {
 	slices.SortFunc(in.report.Injected, func(a, b string) int {
 		return slices.Index(partOrder, a) - slices.Index(partOrder, b)
 	})
-	for _, c := range in.selected {
-		if in.touched(c) {
+	for i, c := range in.selected {
+		if in.touched[i] {
 			in.report.Containers = append(in.report.Containers, c.Name)
 		}
 	}
@@ -158,24 +162,6 @@ func (in *injection) finish() {
 	}
 }
 
-// touched reports whether c carries any podmeta env var or the mount, so
-// the report lists containers consistently across passes.
-func (in *injection) touched(c *corev1.Container) bool {
-	for _, w := range in.wantEnv(c) {
-		for i := range c.Env {
-			if c.Env[i].Name == w.Name && envMatches(&c.Env[i], &w) {
-				return true
-			}
-		}
-	}
-	for i := range c.VolumeMounts {
-		if in.isOurMount(&c.VolumeMounts[i]) {
-			return true
-		}
-	}
-	return false
-}
-
 // ---- env vars ----
 
 func (in *injection) env() {
@@ -183,7 +169,7 @@ func (in *injection) env() {
 		return
 	}
 	found := false
-	for _, c := range in.selected {
+	for ci, c := range in.selected {
 		want := in.wantEnv(c)
 		if len(want) == 0 {
 			continue
@@ -211,6 +197,7 @@ func (in *injection) env() {
 				add = append(add, want[i])
 			case envMatches(&c.Env[at[i]], &want[i]):
 				found = true // ours, from an earlier pass
+				in.touched[ci] = true
 			default:
 				in.skip(PartEnv, c.Name, want[i].Name, ReasonUserDefined, "")
 			}
@@ -219,6 +206,7 @@ func (in *injection) env() {
 			continue
 		}
 		found = true
+		in.touched[ci] = true
 		// Ours go first so that the user's $(POD_NAME) references resolve;
 		// the user's own order is kept.
 		env := make([]corev1.EnvVar, 0, len(add)+len(c.Env))
@@ -369,7 +357,7 @@ func (in *injection) appendVolume(v corev1.Volume) {
 // whether any container has it now.
 func (in *injection) mounts() bool {
 	found := false
-	for _, c := range in.selected {
+	for ci, c := range in.selected {
 		var conflict *corev1.VolumeMount
 		for i := range c.VolumeMounts {
 			if c.VolumeMounts[i].MountPath == in.s.mountPath {
@@ -384,8 +372,10 @@ func (in *injection) mounts() bool {
 			c.VolumeMounts = append(m, corev1.VolumeMount{Name: in.cfg.VolumeName, MountPath: in.s.mountPath, ReadOnly: true})
 			in.changed = true
 			found = true
+			in.touched[ci] = true
 		case in.isOurMount(conflict):
 			found = true
+			in.touched[ci] = true
 		default:
 			in.skip("mount", c.Name, in.s.mountPath, ReasonMountPathInUse, "volume "+conflict.Name)
 		}
