@@ -1,8 +1,6 @@
 package mutate_test
 
 import (
-	"os"
-	"regexp"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -13,27 +11,6 @@ import (
 
 func TestDefaultConfigValid(t *testing.T) {
 	require.NoError(t, mutate.DefaultConfig().Validate())
-}
-
-// TestREADMEConfig: the config block documented in the README parses and is
-// exactly the defaults.
-func TestREADMEConfig(t *testing.T) {
-	readme, err := os.ReadFile("../README.md")
-	require.NoError(t, err)
-	m := regexp.MustCompile("(?s)\\*\\*Config file\\*\\*.*?```yaml\n(.*?)```").FindSubmatch(readme)
-	require.NotNil(t, m, "README lost its config block")
-	cfg, err := mutate.ParseConfig(m[1])
-	require.NoError(t, err)
-	assert.Equal(t, mutate.DefaultConfig().EnvNames, cfg.EnvNames)
-	def := mutate.DefaultConfig()
-	assert.Equal(t, def.MountPath, cfg.MountPath)
-	assert.Equal(t, def.Ambassador.Image, cfg.Ambassador.Image)
-	for name, q := range def.Ambassador.Resources.Requests {
-		assert.Zero(t, q.Cmp(cfg.Ambassador.Resources.Requests[name]), name)
-	}
-	for name, q := range def.Ambassador.Resources.Limits {
-		assert.Zero(t, q.Cmp(cfg.Ambassador.Resources.Limits[name]), name)
-	}
 }
 
 func TestParseConfig(t *testing.T) {
