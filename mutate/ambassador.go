@@ -32,6 +32,10 @@ func (in *injection) ambassador() {
 			return
 		}
 	}
+	if p.OS != nil && p.OS.Name == corev1.Windows {
+		in.skip(PartAmbassador, "", AmbassadorName, ReasonWindows, "")
+		return
+	}
 	if p.HostNetwork {
 		in.skip(PartAmbassador, "", AmbassadorName, ReasonHostNetwork, "")
 		return

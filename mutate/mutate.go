@@ -165,9 +165,6 @@ func (in *injection) finish() {
 // ---- env vars ----
 
 func (in *injection) env() {
-	if !in.s.env {
-		return
-	}
 	found := false
 	for ci, c := range in.selected {
 		want := in.wantEnv(c)
@@ -214,20 +211,22 @@ func (in *injection) env() {
 		c.Env = append(env, c.Env...)
 		in.changed = true
 	}
-	if found {
+	// "env" is the Downward API variables; the ambassador URL alone (env
+	// off) belongs to the ambassador part.
+	if found && in.s.env {
 		in.report.Injected = append(in.report.Injected, PartEnv)
 	}
 }
 
-// wantEnv lists the env vars podmeta injects into c, in envKeys order.
+// wantEnv lists the env vars podmeta injects into c, in envKeys order: the
+// Downward API ones when env is on, and the ambassador URL whenever the
+// ambassador is in the pod (apps need it to find the sidecar even when they
+// do not want the other variables).
 func (in *injection) wantEnv(c *corev1.Container) []corev1.EnvVar {
-	if !in.s.env {
-		return nil
-	}
 	out := make([]corev1.EnvVar, 0, len(envKeys))
 	for _, k := range envKeys {
 		name := in.cfg.EnvNames[k]
-		if name == "" {
+		if name == "" || !in.s.env && k != EnvAmbassadorURL {
 			continue
 		}
 		e := corev1.EnvVar{Name: in.s.prefix + name}

@@ -23,6 +23,9 @@ const (
 	// ReasonHostNetwork: on the node's network 127.0.0.1 is shared by every
 	// hostNetwork pod, so the ambassador would expose this pod's token to them.
 	ReasonHostNetwork = "host network"
+	// ReasonWindows: the ambassador is a Linux container, and its
+	// securityContext (runAsUser, seccomp) is invalid in a Windows pod.
+	ReasonWindows = "windows pod"
 	// ReasonPortInUse: a container declares the ambassador's port or health port.
 	ReasonPortInUse = "port in use"
 	// ReasonTokenAutomountOff: the pod turned off the service account token;
