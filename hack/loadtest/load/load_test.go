@@ -18,7 +18,7 @@ import (
 
 	"github.com/podmeta/podmeta/hack/loadtest/corpus"
 	"github.com/podmeta/podmeta/hack/loadtest/nullserver"
-	"github.com/podmeta/podmeta/hack/loadtest/testcerts"
+	"github.com/podmeta/podmeta/internal/testcerts"
 )
 
 // server starts h over TLS on 127.0.0.1 with a certificate from a fresh CA.
@@ -26,7 +26,7 @@ func server(t *testing.T, h http.Handler) (*httptest.Server, *testcerts.CA) {
 	t.Helper()
 	ca, err := testcerts.NewCA()
 	require.NoError(t, err)
-	s, err := ca.Issue()
+	s, err := ca.Issue("podmeta-webhook", time.Hour)
 	require.NoError(t, err)
 	pair, err := tls.X509KeyPair(s.CertPEM, s.KeyPEM)
 	require.NoError(t, err)

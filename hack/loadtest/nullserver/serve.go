@@ -12,21 +12,24 @@ import (
 	"time"
 )
 
-// Server settings shared with the webhook's serve command, so the baseline
-// pays for exactly the TLS and HTTP work the webhook pays for.
+// Server settings copied from the webhook's serve command
+// (cmd/webhook/serve.go), so the baseline pays for exactly the TLS and HTTP
+// work the webhook pays for. Keep them in step.
 const (
 	readHeaderTimeout = 10 * time.Second
 	readTimeout       = 30 * time.Second
 	writeTimeout      = 30 * time.Second
 	idleTimeout       = 90 * time.Second
+	maxHeaderBytes    = 1 << 20
 	shutdownGrace     = 25 * time.Second
 )
 
-func tlsConfig(cert tls.Certificate) *tls.Config {
+// tlsConfig serves cert through GetCertificate, as the webhook serves its
+// hot-reloaded certificate, rather than from Certificates.
+func tlsConfig(cert *tls.Certificate) *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS12,
-		Certificates: []tls.Certificate{cert},
-		NextProtos:   []string{"http/1.1"},
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert, nil },
 	}
 }
 
@@ -51,14 +54,15 @@ func Run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 
 	mux := http.NewServeMux()
-	mux.Handle("/mutate", Handler())
+	mux.Handle("POST /mutate", Handler())
 	srv := &http.Server{
 		Handler:           mux,
-		TLSConfig:         tlsConfig(cert),
+		TLSConfig:         tlsConfig(&cert),
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
 		WriteTimeout:      writeTimeout,
 		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 	}
 	health := http.NewServeMux()
 	ok := func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") }
@@ -85,6 +89,7 @@ func Run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
+	srv.SetKeepAlivesEnabled(false) // as the webhook does
 	err = srv.Shutdown(sctx)
 	if herr := hsrv.Shutdown(sctx); err == nil {
 		err = herr

@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/podmeta/podmeta/hack/loadtest/target"
-	"github.com/podmeta/podmeta/hack/loadtest/testcerts"
+	"github.com/podmeta/podmeta/internal/testcerts"
 )
 
 // Env is the shared setup of a scenario: a CA and a Secret-volume
@@ -39,11 +40,15 @@ func NewEnv(dir string) (*Env, error) {
 // Rotate issues a new serving certificate and swaps it in the way kubelet
 // updates a Secret volume.
 func (e *Env) Rotate() (*testcerts.Serving, error) {
-	s, err := e.CA.Issue()
+	s, err := e.CA.Issue("podmeta-webhook", 24*time.Hour)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("issue serving certificate: %w", err)
 	}
-	return s, testcerts.WriteSecretVolume(e.CertDir, e.CA, s)
+	files := map[string][]byte{"tls.crt": s.CertPEM, "tls.key": s.KeyPEM, "ca.crt": e.CA.PEM}
+	if err := testcerts.WriteSecretDir(e.CertDir, files); err != nil {
+		return nil, fmt.Errorf("write serving certificate: %w", err)
+	}
+	return s, nil
 }
 
 // Servers says how to start the two servers every scenario may use.

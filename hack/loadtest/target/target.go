@@ -17,8 +17,6 @@ import (
 	"strconv"
 	"syscall"
 	"time"
-
-	"github.com/podmeta/podmeta/hack/loadtest/testcerts"
 )
 
 // Spec describes how to start a server. The server must accept the
@@ -72,8 +70,8 @@ func Start(ctx context.Context, s Spec) (*Process, error) {
 	argv := append([]string{}, s.Argv...)
 	argv = append(argv,
 		"--listen=127.0.0.1:"+strconv.Itoa(port),
-		"--tls-cert-file="+filepath.Join(s.CertDir, testcerts.CertFile),
-		"--tls-key-file="+filepath.Join(s.CertDir, testcerts.KeyFile),
+		"--tls-cert-file="+filepath.Join(s.CertDir, "tls.crt"),
+		"--tls-key-file="+filepath.Join(s.CertDir, "tls.key"),
 		"--metrics-listen=127.0.0.1:"+strconv.Itoa(mport),
 	)
 	argv = append(argv, s.Args...)
