@@ -1,7 +1,7 @@
 # podmeta — see README.md. `make test` is what CI runs.
 GO ?= go
 
-.PHONY: test unit vet fmt-check fuzz-short
+.PHONY: test unit vet fmt-check fuzz-short soak bench-load faults
 test: fmt-check vet unit fuzz-short
 
 fmt-check:
@@ -23,3 +23,15 @@ fuzz-short:
 	    $(GO) test ./$$(dirname $$f) -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) || exit 1; \
 	  done; \
 	done
+
+# Issue 6, see BENCHMARKS.md "Admission under load". soak is the 60-second
+# steady-rate run (zero errors, flat RSS) that .ci/run adds after test; the
+# short version of every fault scenario is already in test.
+soak:
+	$(GO) test -count=1 -run '^TestSoak$$' -v ./hack/loadtest/scenario -soak 60s
+
+bench-load:
+	hack/loadtest/run.sh bench
+
+faults:
+	hack/loadtest/run.sh faults

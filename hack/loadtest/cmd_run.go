@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/podmeta/podmeta/hack/loadtest/corpus"
@@ -176,5 +178,147 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 		}
 	}
+	return nil
+}
+
+// faultFlags are the flags shared by the fault commands.
+type faultFlags struct {
+	serverFlags
+	target   string
+	pod      string
+	workers  int
+	duration time.Duration
+	jsonOut  string
+}
+
+func (f *faultFlags) register(fs *flag.FlagSet, workers int, duration time.Duration) {
+	f.serverFlags.register(fs)
+	fs.StringVar(&f.target, "target", scenario.Webhook, "server to test: webhook, or null (the baseline, for comparison)")
+	fs.StringVar(&f.pod, "pod", "medium", "corpus pod: small, medium or large")
+	fs.IntVar(&f.workers, "workers", workers, "concurrent connections")
+	fs.DurationVar(&f.duration, "duration", duration, "load duration")
+	fs.StringVar(&f.jsonOut, "json", "", "also write the report as JSON to this file")
+}
+
+func (f *faultFlags) config(s scenario.Servers) scenario.FaultConfig {
+	return scenario.FaultConfig{Servers: s, Target: f.target, Pod: f.pod, Workers: f.workers, Duration: f.duration}
+}
+
+func problems(name string, ps []string) error {
+	if len(ps) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: FAILED: %s", name, strings.Join(ps, "; "))
+}
+
+func runRotate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("rotate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f faultFlags
+	f.register(fs, 16, 30*time.Second)
+	every := fs.Duration("every", 3*time.Second, "swap the certificate this often")
+	reconnect := fs.Int("reconnect-every", 20, "requests per connection, so new connections keep coming")
+	maxLag := fs.Duration("max-lag", 2*time.Second, "new connections must present a swapped certificate within this")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	env, servers, cleanup, err := f.setup("rotate")
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	rep, err := scenario.Rotate(ctx, env, scenario.RotateConfig{
+		FaultConfig: f.config(servers), Every: *every, ReconnectEvery: *reconnect, MaxLag: *maxLag,
+	})
+	if err != nil {
+		return fmt.Errorf("rotate: %w", err)
+	}
+	r := rep.Result
+	fmt.Fprintf(stdout, "certificate rotation under load (%s, %s pod, %d workers, a new connection every %d requests)\n", f.target, f.pod, f.workers, *reconnect)
+	fmt.Fprintf(stdout, "  requests %d, ok %d, errors %s, connections %d, %.0f req/s\n", r.Requests, r.OK, errs(r.Errors), r.Conns, r.Throughput)
+	fmt.Fprintf(stdout, "  swaps %d, checked by connections dialed over %s later %d, slowest swap to first handshake with it %s, stale connections %d\n",
+		len(rep.Rotations)-1, *maxLag, rep.Judged(), us(rep.MaxLag), rep.StaleConns)
+	if err := writeJSON(f.jsonOut, rep); err != nil {
+		return err
+	}
+	if err := problems("rotate", rep.Problems); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "  PASS: zero failed requests; new connections present each new certificate")
+	return nil
+}
+
+func runSigterm(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sigterm", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f faultFlags
+	f.register(fs, 64, 0)
+	after := fs.Duration("after", 3*time.Second, "load before SIGTERM")
+	grace := fs.Duration("grace", 30*time.Second, "the process must exit within this after SIGTERM")
+	kill := fs.Bool("kill", false, "send SIGKILL instead: the control run, which must report dropped requests")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	env, servers, cleanup, err := f.setup("sigterm")
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	sig := syscall.SIGTERM
+	if *kill {
+		sig = syscall.SIGKILL
+	}
+	rep, err := scenario.Signal(ctx, env, scenario.SignalConfig{FaultConfig: f.config(servers), After: *after, Grace: *grace, Signal: sig})
+	if err != nil {
+		return fmt.Errorf("sigterm: %w", err)
+	}
+	fmt.Fprintf(stdout, "%v under load (%s, %s pod, %d workers, signal after %s)\n", sig, f.target, f.pod, f.workers, *after)
+	fmt.Fprintf(stdout, "  answered %d, not accepted (refused or closed unread) %d, failed %d (%s)\n", rep.Answered, rep.NotAccepted, rep.Failures, errs(rep.Result.Errors))
+	fmt.Fprintf(stdout, "  exit %s after the signal (grace %s)", us(rep.ExitAfter), *grace)
+	if rep.ExitError != "" {
+		fmt.Fprintf(stdout, ": %s", rep.ExitError)
+	}
+	fmt.Fprintln(stdout)
+	if err := writeJSON(f.jsonOut, rep); err != nil {
+		return err
+	}
+	if err := problems("sigterm", rep.Problems); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "  PASS: every accepted request answered; clean exit within grace")
+	return nil
+}
+
+func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("soak", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f faultFlags
+	f.register(fs, 16, 60*time.Second)
+	rate := fs.Float64("rate", 200, "total requests per second")
+	sample := fs.Duration("sample", 0, "RSS sampling interval (default: duration/60)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	env, servers, cleanup, err := f.setup("soak")
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	rep, err := scenario.Soak(ctx, env, scenario.SoakConfig{FaultConfig: f.config(servers), Rate: *rate, Sample: *sample})
+	if err != nil {
+		return fmt.Errorf("soak: %w", err)
+	}
+	r := rep.Result
+	fmt.Fprintf(stdout, "soak (%s, %s pod, %d workers, %.0f req/s for %s)\n", f.target, f.pod, f.workers, *rate, f.duration)
+	fmt.Fprintf(stdout, "  requests %d, ok %d, errors %s, p50 %s, p99 %s, p99.9 %s, max %s\n", r.Requests, r.OK, errs(r.Errors),
+		us(r.Latency.P50), us(r.Latency.P99), us(r.Latency.P999), us(r.Latency.Max))
+	fmt.Fprintf(stdout, "  RSS first half %s, second half %s, peak %s (%d samples): flat %t\n", mib(rep.StartRSS), mib(rep.EndRSS), mib(rep.PeakRSS), len(rep.Samples), rep.Flat)
+	if err := writeJSON(f.jsonOut, rep); err != nil {
+		return err
+	}
+	if err := problems("soak", rep.Problems); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "  PASS: zero errors, RSS flat")
 	return nil
 }

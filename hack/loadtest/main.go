@@ -4,6 +4,9 @@
 //	loadtest run     --url URL --ca-file F [--pid PID]   load a running server
 //	loadtest null    --listen ... --tls-cert-file ...     serve the null baseline
 //	loadtest bench   --webhook-bin BIN                    null vs webhook, all figures as ratios
+//	loadtest rotate  --webhook-bin BIN                    swap certificates during load
+//	loadtest sigterm --webhook-bin BIN                    SIGTERM during load
+//	loadtest soak    --webhook-bin BIN --duration 30m     steady rate, memory over time
 package main
 
 import (
@@ -38,6 +41,9 @@ commands:
   run      load a running webhook (or null server) and report
   null     serve the null baseline (the webhook's serving flags)
   bench    start the null baseline and the webhook, measure both, report ratios
+  rotate   swap the serving certificate Secret-style during load
+  sigterm  send SIGTERM during load; every accepted request must be answered
+  soak     steady rate for a long time; zero errors, RSS flat
 
 "loadtest COMMAND -h" lists a command's flags.
 `
@@ -55,6 +61,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runNull(ctx, args, stderr)
 	case "bench":
 		return runBench(ctx, args, stdout, stderr)
+	case "rotate":
+		return runRotate(ctx, args, stdout, stderr)
+	case "sigterm":
+		return runSigterm(ctx, args, stdout, stderr)
+	case "soak":
+		return runSoak(ctx, args, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

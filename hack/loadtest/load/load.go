@@ -47,7 +47,7 @@ const (
 	// Not accepted: the server did not read the request. Expected while a
 	// server shuts down, and never a failure of an admission: the API
 	// server retries these on another endpoint.
-	ErrRefused      = "refused"       // connection refused
+	ErrRefused      = "refused"       // connection refused, or reset before the server accepted it
 	ErrClosedUnread = "closed-unread" // connection closed by the server without processing the request: TLS close_notify, or a reset with the request unread
 
 	// Failures.
@@ -86,6 +86,9 @@ type Config struct {
 	// OnConn, if set, is called (from worker goroutines) for every new
 	// connection once its handshake succeeded.
 	OnConn func(ConnInfo)
+	// Answered, if set, counts valid responses as they arrive, so a
+	// scenario can act once the load is flowing.
+	Answered *atomic.Int64
 	// OnMeasure, if set, is called once when the measured window starts and
 	// once when it ends (after every worker stopped): hooks to read the
 	// server's CPU time at the window's edges.
@@ -94,6 +97,7 @@ type Config struct {
 
 // ConnInfo describes a new connection.
 type ConnInfo struct {
+	Start  time.Time // dial started
 	At     time.Time // handshake completed
 	Serial *big.Int  // serial number of the server's leaf certificate
 }
@@ -346,6 +350,9 @@ func (w *worker) run(ctx context.Context, issued *atomic.Int64) {
 			return
 		}
 		w.res.Requests++
+		if kind == "" && w.cfg.Answered != nil {
+			w.cfg.Answered.Add(1)
+		}
 		if kind == "" {
 			w.res.OK++
 			w.res.hist.record(lat)
@@ -466,6 +473,7 @@ func (w *worker) classifyReadErr(err error, rawBefore, plainBefore int64) string
 
 func (w *worker) dial(ctx context.Context) (string, error) {
 	d := net.Dialer{Timeout: w.cfg.Timeout}
+	start := time.Now()
 	c, err := d.DialContext(ctx, "tcp", w.target.Addr)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) {
@@ -483,12 +491,17 @@ func (w *worker) dial(ctx context.Context) (string, error) {
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		c.Close()
+		if isReset(err) || errors.Is(err, io.EOF) {
+			// Connected into the backlog of a listener that then closed:
+			// the server never accepted the connection.
+			return ErrRefused, fmt.Errorf("tls handshake: %w", err)
+		}
 		return ErrHandshake, fmt.Errorf("tls handshake: %w", err)
 	}
 	w.conns.Add(1)
 	if w.cfg.OnConn != nil {
 		st := tc.ConnectionState()
-		w.cfg.OnConn(ConnInfo{At: time.Now(), Serial: st.PeerCertificates[0].SerialNumber})
+		w.cfg.OnConn(ConnInfo{Start: start, At: time.Now(), Serial: st.PeerCertificates[0].SerialNumber})
 	}
 	w.conn, w.served = tc, 0
 	w.plain = &countingReader{r: tc}

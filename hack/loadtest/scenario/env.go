@@ -18,6 +18,7 @@ type Env struct {
 	CA      *testcerts.CA
 	CertDir string
 	Roots   *x509.CertPool
+	Serving *testcerts.Serving // the certificate in CertDir now
 	dir     string
 }
 
@@ -48,6 +49,7 @@ func (e *Env) Rotate() (*testcerts.Serving, error) {
 	if err := testcerts.WriteSecretDir(e.CertDir, files); err != nil {
 		return nil, fmt.Errorf("write serving certificate: %w", err)
 	}
+	e.Serving = s
 	return s, nil
 }
 

@@ -16,6 +16,9 @@ type Machine struct {
 	Kernel    string `json:"kernel"`
 	GoVersion string `json:"go"`
 	Affinity  string `json:"loadgenAffinity"` // the generator's allowed CPUs
+	// LoadAvg is /proc/loadavg when the run started: other work on the
+	// machine is the main source of noise in the absolute figures.
+	LoadAvg string `json:"loadavg"`
 }
 
 // DescribeMachine reads the CPU model, kernel release and this process's
@@ -51,6 +54,9 @@ func DescribeMachine() Machine {
 			}
 		}
 		f.Close()
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		m.LoadAvg = strings.TrimSpace(string(b))
 	}
 	return m
 }
