@@ -139,8 +139,10 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 // chunked write per upstream read plus a terminating chunk. Streams (watch,
 // log follow, anything through a proxy subresource, and any response
 // labelled stream=...) are never held back; bodies above bufferLimit stream
-// after their first bufferLimit bytes.
-const bufferLimit = 64 << 10
+// after their first bufferLimit bytes. The limit holds a typical get or
+// a list of a few dozen objects while keeping the pool small: every
+// concurrent request holds one buffer.
+const bufferLimit = 32 << 10
 
 var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, bufferLimit); return &b }}
 

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/podmeta/podmeta/ambassador"
@@ -29,6 +30,12 @@ func main() {
 	// (BENCHMARKS.md, "Ambassador").
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
+	}
+	// The live heap is a couple of MiB, so collecting at +50 % instead of
+	// +100 % costs no measurable CPU per request and keeps RSS under
+	// 15 MiB under load (same benchmark). GOGC in the environment wins.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(50)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()

@@ -202,6 +202,7 @@ type target struct {
 	syscallsPerReq float64         // from strace -c, 0 if not measured
 	rssKiB         int64           // max VmRSS seen
 	hwmKiB         int64
+	anonKiB        int64 // max RssAnon seen: private memory, without the binary's file pages
 }
 
 func (t *target) get() error {
@@ -299,9 +300,10 @@ func (t *target) sampleMemory() {
 	if t.pid == 0 {
 		return
 	}
-	rss, hwm := procMem(t.pid)
+	rss, hwm, anon := procMem(t.pid)
 	t.rssKiB = max(t.rssKiB, rss)
 	t.hwmKiB = max(t.hwmKiB, hwm)
+	t.anonKiB = max(t.anonKiB, anon)
 }
 
 // countSyscalls attaches strace -c to the proxy for a throughput round.
@@ -361,11 +363,11 @@ func procCPU(pid int) time.Duration {
 	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
-// procMem returns VmRSS and VmHWM (peak RSS) of pid in KiB.
-func procMem(pid int) (rss, hwm int64) {
+// procMem returns VmRSS, VmHWM (peak RSS) and RssAnon of pid in KiB.
+func procMem(pid int) (rss, hwm, anon int64) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, 0
+		return 0, 0, 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
@@ -378,9 +380,11 @@ func procMem(pid int) (rss, hwm int64) {
 			rss = v
 		case "VmHWM:":
 			hwm = v
+		case "RssAnon:":
+			anon = v
 		}
 	}
-	return rss, hwm
+	return rss, hwm, anon
 }
 
 func median[T int64 | float64 | time.Duration](xs []T) T {
@@ -397,21 +401,22 @@ func report(w io.Writer, ts []*target, o options, size int) {
 	bm, br := median(base.medians), median(base.rps)
 	fmt.Fprintf(w, "payload %d bytes, %d rounds; latency: %d serial requests/round; throughput: %d clients x %s/round (medians of rounds)\n\n",
 		size, o.rounds, o.serial, o.clients, o.duration)
-	fmt.Fprintf(w, "| target | median latency | added median | p99 latency | req/s at %d clients | throughput vs direct | proxy CPU per request | proxy syscalls per request | RSS (peak) |\n", o.clients)
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintf(w, "| target | median latency | added median | p99 latency | req/s at %d clients | throughput vs direct | proxy CPU per request | proxy syscalls per request | RSS (peak) | private RSS (RssAnon) |\n", o.clients)
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
 	for _, t := range ts {
 		m, r := median(t.medians), median(t.rps)
-		added, ratio, cpu, sys, rss := "—", "1.00", "—", "—", "—"
+		added, ratio, cpu, sys, rss, anon := "—", "1.00", "—", "—", "—", "—"
 		if t != base {
 			added = fmt.Sprintf("%+.3f ms", ms(m-bm))
 			ratio = fmt.Sprintf("%.2f (%+.1f %%)", r/br, (r/br-1)*100)
 			cpu = fmt.Sprintf("%.3f ms", ms(median(t.cpuPerReq)))
 			rss = fmt.Sprintf("%.1f MiB (%.1f MiB)", float64(t.rssKiB)/1024, float64(t.hwmKiB)/1024)
+			anon = fmt.Sprintf("%.1f MiB", float64(t.anonKiB)/1024)
 			if t.syscallsPerReq > 0 {
 				sys = fmt.Sprintf("%.1f", t.syscallsPerReq)
 			}
 		}
-		fmt.Fprintf(w, "| %s | %.3f ms | %s | %.3f ms | %.0f | %s | %s | %s | %s |\n", t.name, ms(m), added, ms(median(t.p99s)), r, ratio, cpu, sys, rss)
+		fmt.Fprintf(w, "| %s | %.3f ms | %s | %.3f ms | %.0f | %s | %s | %s | %s | %s |\n", t.name, ms(m), added, ms(median(t.p99s)), r, ratio, cpu, sys, rss, anon)
 	}
 	var amb, kp *target
 	for _, t := range ts {
