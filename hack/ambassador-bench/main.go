@@ -64,9 +64,9 @@ func run() error {
 	flag.StringVar(&o.ambassador, "ambassador", "", "podmeta-ambassador binary (default: build ./cmd/ambassador)")
 	flag.StringVar(&o.kubectl, "kubectl", "kubectl", "kubectl binary for the kubectl proxy comparison; empty to skip")
 	flag.IntVar(&o.serial, "serial", 2000, "requests per round with one client (latency)")
-	flag.DurationVar(&o.duration, "duration", 3*time.Second, "length of each concurrent round (throughput)")
+	flag.DurationVar(&o.duration, "duration", 2*time.Second, "length of each concurrent round (throughput)")
 	flag.IntVar(&o.clients, "clients", 16, "concurrent clients in the throughput rounds")
-	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds per target")
+	flag.IntVar(&o.rounds, "rounds", 7, "interleaved rounds per target")
 	flag.StringVar(&o.ambEnv, "ambassador-env", "", "extra environment for the ambassador, KEY=VALUE,...; several variants separated by ; each get their own process (e.g. \"GOGC=100;GOGC=50\")")
 	flag.BoolVar(&o.syscalls, "syscalls", true, "count each proxy's system calls per request with strace -c (skipped without strace)")
 	flag.Parse()
@@ -398,8 +398,8 @@ func median[T int64 | float64 | time.Duration](xs []T) T {
 
 func report(w io.Writer, ts []*target, o options, size int) {
 	base := ts[0]
-	bm, br := median(base.medians), median(base.rps)
-	fmt.Fprintf(w, "payload %d bytes, %d rounds; latency: %d serial requests/round; throughput: %d clients x %s/round (medians of rounds)\n\n",
+	fmt.Fprintf(w, "payload %d bytes, %d rounds; latency: %d serial requests/round; throughput: %d clients x %s/round; "+
+		"medians over rounds, differences and ratios taken per round against the direct baseline of the same round\n\n",
 		size, o.rounds, o.serial, o.clients, o.duration)
 	fmt.Fprintf(w, "| target | median latency | added median | p99 latency | req/s at %d clients | throughput vs direct | proxy CPU per request | proxy syscalls per request | RSS (peak) | private RSS (RssAnon) |\n", o.clients)
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
@@ -407,8 +407,9 @@ func report(w io.Writer, ts []*target, o options, size int) {
 		m, r := median(t.medians), median(t.rps)
 		added, ratio, cpu, sys, rss, anon := "—", "1.00", "—", "—", "—", "—"
 		if t != base {
-			added = fmt.Sprintf("%+.3f ms", ms(m-bm))
-			ratio = fmt.Sprintf("%.2f (%+.1f %%)", r/br, (r/br-1)*100)
+			added = fmt.Sprintf("%+.3f ms", ms(addedLatency(t, base)))
+			q := throughputRatio(t, base)
+			ratio = fmt.Sprintf("%.2f (%+.1f %%)", q, (q-1)*100)
 			cpu = fmt.Sprintf("%.3f ms", ms(median(t.cpuPerReq)))
 			rss = fmt.Sprintf("%.1f MiB (%.1f MiB)", float64(t.rssKiB)/1024, float64(t.hwmKiB)/1024)
 			anon = fmt.Sprintf("%.1f MiB", float64(t.anonKiB)/1024)
@@ -429,7 +430,7 @@ func report(w io.Writer, ts []*target, o options, size int) {
 	}
 	if amb != nil && kp != nil {
 		fmt.Fprintf(w, "\nambassador / kubectl proxy: added median latency %.2f, CPU per request %.2f, peak RSS %.2f",
-			ms(median(amb.medians)-bm)/ms(median(kp.medians)-bm),
+			ms(addedLatency(amb, base))/ms(addedLatency(kp, base)),
 			ms(median(amb.cpuPerReq))/ms(median(kp.cpuPerReq)),
 			float64(amb.hwmKiB)/float64(kp.hwmKiB))
 		if amb.syscallsPerReq > 0 && kp.syscallsPerReq > 0 {
@@ -437,6 +438,27 @@ func report(w io.Writer, ts []*target, o options, size int) {
 		}
 		fmt.Fprintln(w)
 	}
+}
+
+// addedLatency is the median over rounds of t's median latency minus the
+// baseline's in the same round: machine noise that drifts between rounds
+// cancels out.
+func addedLatency(t, base *target) time.Duration {
+	var d []time.Duration
+	for i := range min(len(t.medians), len(base.medians)) {
+		d = append(d, t.medians[i]-base.medians[i])
+	}
+	return median(d)
+}
+
+// throughputRatio is the median over rounds of t's req/s divided by the
+// baseline's in the same round.
+func throughputRatio(t, base *target) float64 {
+	var q []float64
+	for i := range min(len(t.rps), len(base.rps)) {
+		q = append(q, t.rps[i]/base.rps[i])
+	}
+	return median(q)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
