@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/podmeta/podmeta/hack/loadtest/corpus"
 	"github.com/podmeta/podmeta/mutate"
 	"github.com/podmeta/podmeta/patch"
 )
@@ -24,8 +25,10 @@ import (
 //
 //	go test ./admission -run '^$' -bench . -benchmem
 //
-// Pods: small (one container), large (4 init + 8 containers, 40 env vars and
-// 4 mounts each, probes, resources), env-1500 (2 containers x 750 env vars).
+// Pods: small (one container), medium (hack/loadtest's typical pod: 2 init +
+// 2 containers, 10 env vars each), large (4 init + 8 containers, 40 env vars
+// and 4 mounts each, probes, resources), env-1500 (2 containers x 750 env
+// vars).
 
 func benchPods(b *testing.B) map[string][]byte {
 	b.Helper()
@@ -46,6 +49,15 @@ func benchPods(b *testing.B) map[string][]byte {
 		out[name] = j
 	}
 	out["large"] = largePod(b)
+	// The load tool's typical application pod, so that this section and
+	// the end-to-end load numbers talk about the same pod.
+	medium, err := corpus.Pod("medium")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if out["medium"], err = json.Marshal(medium); err != nil {
+		b.Fatal(err)
+	}
 	return out
 }
 

@@ -190,6 +190,11 @@ func ParseConfig(data []byte) (Config, error) {
 	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
 		return Config{}, fmt.Errorf("parse config: %w", err)
 	}
+	if cfg.EnvNames == nil {
+		// "envNames:" with nothing under it is null in YAML: keep the
+		// defaults rather than silently injecting no variables.
+		cfg.EnvNames = DefaultConfig().EnvNames
+	}
 	if err := cfg.Validate(); err != nil {
 		return Config{}, err
 	}

@@ -21,6 +21,10 @@ func TestParseConfig(t *testing.T) {
 	assert.Equal(t, 9000, cfg.Ambassador.Port)
 	assert.True(t, cfg.Ambassador.NativeSidecar)
 
+	cfg, err = mutate.ParseConfig([]byte("envNames:\n"))
+	require.NoError(t, err)
+	assert.Equal(t, mutate.DefaultConfig().EnvNames, cfg.EnvNames, "an empty envNames key keeps the defaults")
+
 	_, err = mutate.ParseConfig([]byte("mountDir: /x\n"))
 	assert.ErrorContains(t, err, `unknown field "mountDir"`)
 	_, err = mutate.ParseConfig([]byte("ambassador: [\n"))
