@@ -3,10 +3,12 @@ package admission
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
@@ -290,4 +292,38 @@ func TestLogs(t *testing.T) {
 	assert.Equal(t, "pod injected", line["msg"])
 	assert.Equal(t, "uid-log", line["uid"])
 	assert.Equal(t, "web", line["name"])
+}
+
+// TestConcurrentReviews: the handler and the config it shares are safe for
+// concurrent use (run with -race), and every answer is for its own request.
+func TestConcurrentReviews(t *testing.T) {
+	h, _ := newTestHandler(t)
+	want := decodeResponse(t, post(h, "application/json", review("w", "CREATE", "Pod", optedInPod))).Response.Patch
+	var wg sync.WaitGroup
+	errs := make(chan string, 64)
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 25 {
+				uid := fmt.Sprintf("uid-%d-%d", w, i)
+				rec := post(h, "application/json", review(uid, "CREATE", "Pod", optedInPod))
+				var out admissionv1.AdmissionReview
+				if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil || out.Response == nil {
+					errs <- fmt.Sprintf("%s: %d %s", uid, rec.Code, rec.Body.String())
+					return
+				}
+				if string(out.Response.UID) != uid || !bytes.Equal(out.Response.Patch, want) {
+					errs <- fmt.Sprintf("%s: got uid %s, same patch %v", uid, out.Response.UID, bytes.Equal(out.Response.Patch, want))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	assert.Equal(t, 201.0, testutil.ToFloat64(h.m.requests.WithLabelValues(OutcomePatched)))
 }
