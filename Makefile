@@ -1,8 +1,8 @@
 # podmeta — see README.md. `make test` is what CI runs.
 GO ?= go
 
-.PHONY: test unit vet fmt-check fuzz-short soak bench-load faults
-test: fmt-check vet unit fuzz-short
+.PHONY: test unit vet fmt-check fuzz-short soak bench-load faults chart-test helm
+test: fmt-check vet unit fuzz-short chart-test
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -35,3 +35,12 @@ bench-load:
 
 faults:
 	hack/loadtest/run.sh faults
+
+# Render tests of charts/podmeta (own module; builds helm 3 and 4 from the Go
+# module proxy on first use, cached in $${PODMETA_CACHE:-/var/cache/podmeta}).
+chart-test:
+	cd charts/podmeta/tests && $(GO) vet ./... && $(GO) test -count=1 ./...
+
+# Prints the path of the pinned helm binary, building it if needed.
+helm:
+	@hack/tools/helm.sh
