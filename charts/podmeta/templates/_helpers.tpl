@@ -79,5 +79,5 @@ mutate.Config, with the ambassador image assembled from repository/tag
 {{- $img := $c.ambassador.image }}
 {{- $_ := set $c.ambassador "image" (printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag)) }}
 {{- $_ = set $c.ambassador "imagePullPolicy" $img.pullPolicy }}
-{{- toYaml $c }}
+{{- toYaml $c | trimSuffix "\n" }}
 {{- end }}

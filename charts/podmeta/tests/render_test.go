@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -126,6 +127,10 @@ func TestGolden(t *testing.T) {
 	}
 }
 
+// docSep separates YAML documents; each keeps its own final newline, which
+// a block scalar at its end depends on.
+var docSep = regexp.MustCompile(`(?m)^---$`)
+
 // object is one rendered manifest.
 type object struct {
 	Kind     string `json:"kind"`
@@ -141,7 +146,7 @@ type object struct {
 func split(t *testing.T, manifest string) map[string]object {
 	t.Helper()
 	objs := map[string]object{}
-	for _, doc := range strings.Split(manifest, "\n---") {
+	for _, doc := range docSep.Split(manifest, -1) {
 		var o object
 		require.NoError(t, yaml.Unmarshal([]byte(doc), &o))
 		if o.Kind == "" {
