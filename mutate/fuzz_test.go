@@ -3,6 +3,7 @@ package mutate_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
@@ -82,6 +83,159 @@ func FuzzAnnotations(f *testing.F) {
 		patched, err := jp.Apply(raw)
 		if err != nil {
 			t.Fatalf("apply: %v\n%s", err, p)
+		}
+		var got corev1.Pod
+		if err := json.Unmarshal(patched, &got); err != nil {
+			t.Fatal(err)
+		}
+		g, _ := json.Marshal(&got)
+		m, _ := json.Marshal(mutated)
+		if string(g) != string(m) {
+			t.Fatalf("patched pod differs:\ngot:  %s\nwant: %s", g, m)
+		}
+	})
+}
+
+// FuzzPodShapes builds pods of many shapes from the fuzzer's bytes: init
+// and regular containers with absent, empty or populated env and mount
+// lists, names that collide with podmeta's (env vars, the volume, the mount
+// path, the ambassador and its token volume), absent or empty annotation
+// maps, host network, restart policies, and the feature annotations. For
+// every shape the invariants of TestGolden must hold: input untouched,
+// idempotent, add-only patch that reproduces the result from the raw JSON.
+//
+// Longer run: go test ./mutate -run '^$' -fuzz FuzzPodShapes -fuzztime 10m
+func FuzzPodShapes(f *testing.F) {
+	f.Add([]byte{0})
+	f.Add([]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12})
+	f.Add([]byte{255, 254, 253, 252, 251, 250, 249, 248, 247, 246, 245, 244, 243, 242})
+	f.Add([]byte("podmeta shapes: a longer seed for more containers"))
+	cfg := mutate.DefaultConfig()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		i := 0
+		next := func() byte {
+			if i >= len(data) {
+				return 0
+			}
+			i++
+			return data[i-1]
+		}
+		envNames := []string{"POD_NAME", "POD_IP", "CPU_LIMIT", "PODMETA_AMBASSADOR_URL", "APP_POD_NAME", "OTHER", "OTHER"}
+		container := func(name string) corev1.Container {
+			c := corev1.Container{Name: name, Image: "example.com/" + name}
+			switch b := next(); b % 3 {
+			case 1:
+				c.Env = []corev1.EnvVar{}
+			case 2:
+				for range int(b/3)%4 + 1 {
+					c.Env = append(c.Env, corev1.EnvVar{Name: envNames[int(next())%len(envNames)], Value: "user"})
+				}
+			}
+			switch b := next(); b % 4 {
+			case 1:
+				c.VolumeMounts = []corev1.VolumeMount{}
+			case 2:
+				c.VolumeMounts = []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}
+			case 3:
+				c.VolumeMounts = []corev1.VolumeMount{{Name: "data", MountPath: "/etc/podinfo"}}
+			}
+			if next()%5 == 0 {
+				c.Ports = []corev1.ContainerPort{{ContainerPort: int32(8000 + int(next())%4)}}
+			}
+			return c
+		}
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "shape", Labels: map[string]string{mutate.LabelInject: "true"}}}
+		annotationValues := map[string][]string{
+			mutate.AnnotationEnv:           {"true", "false"},
+			mutate.AnnotationVolume:        {"true", "false"},
+			mutate.AnnotationAmbassador:    {"true", "false"},
+			mutate.AnnotationNativeSidecar: {"true", "false"},
+			mutate.AnnotationEnvPrefix:     {"", "APP_"},
+			mutate.AnnotationContainers:    {"c0", "c0,i0"},
+		}
+		switch next() % 3 {
+		case 1:
+			pod.Annotations = map[string]string{}
+		case 2:
+			pod.Annotations = map[string]string{"example.com/a~b": "x"}
+		}
+		for _, k := range []string{mutate.AnnotationEnv, mutate.AnnotationVolume, mutate.AnnotationAmbassador,
+			mutate.AnnotationNativeSidecar, mutate.AnnotationEnvPrefix, mutate.AnnotationContainers} {
+			if b := next(); b%3 == 0 {
+				if pod.Annotations == nil {
+					pod.Annotations = map[string]string{}
+				}
+				vs := annotationValues[k]
+				pod.Annotations[k] = vs[int(b/3)%len(vs)]
+			}
+		}
+		for n := range int(next()) % 3 {
+			pod.Spec.InitContainers = append(pod.Spec.InitContainers, container(fmt.Sprintf("i%d", n)))
+		}
+		if next()%2 == 1 && pod.Spec.InitContainers == nil {
+			pod.Spec.InitContainers = []corev1.Container{}
+		}
+		for n := range int(next())%3 + 1 {
+			pod.Spec.Containers = append(pod.Spec.Containers, container(fmt.Sprintf("c%d", n)))
+		}
+		if next()%6 == 0 {
+			pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: mutate.AmbassadorName, Image: "user/proxy"})
+		}
+		switch b := next(); b % 5 {
+		case 1:
+			pod.Spec.Volumes = []corev1.Volume{}
+		case 2:
+			pod.Spec.Volumes = []corev1.Volume{{Name: "data"}}
+		case 3:
+			pod.Spec.Volumes = []corev1.Volume{{Name: "podmeta"}}
+		case 4:
+			pod.Spec.Volumes = []corev1.Volume{{Name: mutate.APIAccessVolumeName}}
+		}
+		pod.Spec.HostNetwork = next()%7 == 0
+		pod.Spec.RestartPolicy = []corev1.RestartPolicy{"", corev1.RestartPolicyAlways, corev1.RestartPolicyNever, corev1.RestartPolicyOnFailure}[next()%4]
+
+		raw, err := json.Marshal(pod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod = new(corev1.Pod)
+		if err := json.Unmarshal(raw, pod); err != nil {
+			t.Fatal(err)
+		}
+		mutated, _, err := mutate.Pod(pod, cfg)
+		if err != nil {
+			var ae *mutate.AnnotationError
+			if !errors.As(err, &ae) {
+				t.Fatalf("error is not an AnnotationError: %v", err)
+			}
+			return
+		}
+		if after, _ := json.Marshal(pod); string(after) != string(raw) {
+			t.Fatalf("input modified:\nbefore: %s\nafter:  %s", raw, after)
+		}
+		again, _, err := mutate.Pod(mutated, cfg)
+		if err != nil || again != mutated {
+			a, _ := json.Marshal(again)
+			m, _ := json.Marshal(mutated)
+			t.Fatalf("not idempotent (%v):\nfirst:  %s\nsecond: %s", err, m, a)
+		}
+		ops, err := patch.Pod(pod, mutated)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, op := range ops {
+			if op.Op != "add" {
+				t.Fatalf("op %s at %s", op.Op, op.Path)
+			}
+		}
+		p, _ := json.Marshal(ops)
+		jp, err := jsonpatch.DecodePatch(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		patched, err := jp.Apply(raw)
+		if err != nil {
+			t.Fatalf("apply: %v\npatch: %s\nraw: %s", err, p, raw)
 		}
 		var got corev1.Pod
 		if err := json.Unmarshal(patched, &got); err != nil {
