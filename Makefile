@@ -1,7 +1,7 @@
 # podmeta — see README.md. `make test` is what CI runs.
 GO ?= go
 
-.PHONY: test unit vet fmt-check fuzz-short soak bench-load faults chart-test helm
+.PHONY: test unit vet fmt-check fuzz-short soak bench-load faults chart-test helm certmanager
 test: fmt-check vet unit fuzz-short chart-test
 
 fmt-check:
@@ -44,3 +44,8 @@ chart-test:
 # Prints the path of the pinned helm binary, building it if needed.
 helm:
 	@hack/tools/helm.sh
+
+# Prints the path of the test build of cert-manager (hack/certmanager),
+# building it if needed; the e2e suite runs it on the local cluster.
+certmanager:
+	@hack/tools/certmanager.sh
