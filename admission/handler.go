@@ -274,18 +274,7 @@ func warnings(skips []mutate.Skip) []string {
 			out = append(out, fmt.Sprintf("podmeta: %d more skips, see annotation %s", len(skips)-i, mutate.AnnotationStatus))
 			break
 		}
-		msg := "podmeta: skipped " + s.What
-		if s.Name != "" {
-			msg += " " + s.Name
-		}
-		if s.Container != "" {
-			msg += " in container " + s.Container
-		}
-		msg += ": " + s.Reason
-		if s.Detail != "" {
-			msg += " (" + s.Detail + ")"
-		}
-		out = append(out, msg)
+		out = append(out, "podmeta: "+s.String())
 	}
 	return out
 }

@@ -80,3 +80,20 @@ func (r Report) Status() string {
 	}
 	return string(b)
 }
+
+// String is the skip as one short sentence, e.g. "skipped env POD_NAME in
+// container app: user-defined", for admission warnings and CLI output.
+func (s Skip) String() string {
+	msg := "skipped " + s.What
+	if s.Name != "" {
+		msg += " " + s.Name
+	}
+	if s.Container != "" {
+		msg += " in container " + s.Container
+	}
+	msg += ": " + s.Reason
+	if s.Detail != "" {
+		msg += " (" + s.Detail + ")"
+	}
+	return msg
+}
