@@ -48,6 +48,8 @@ const (
 
 const admissionV1 = "admission.k8s.io/v1"
 
+var tooLarge = &httpError{code: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("request body larger than %d bytes", MaxBodyBytes)}
+
 type handler struct {
 	cfg mutate.Config
 	// mutate is mutate.Pod; tests replace it to exercise panic recovery.
@@ -134,6 +136,9 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) (string, []byte,
 	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
 		return OutcomeBadRequest, nil, &httpError{code: http.StatusUnsupportedMediaType, msg: fmt.Sprintf("Content-Type %q not supported: want application/json", ct)}
 	}
+	if r.ContentLength > MaxBodyBytes {
+		return OutcomeBadRequest, nil, tooLarge // without reading it
+	}
 	buf := h.bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer func() {
@@ -145,7 +150,7 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) (string, []byte,
 	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxBodyBytes)); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return OutcomeBadRequest, nil, &httpError{code: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("request body larger than %d bytes", MaxBodyBytes)}
+			return OutcomeBadRequest, nil, tooLarge
 		}
 		return OutcomeBadRequest, nil, badRequest("read request body: %v", err)
 	}

@@ -72,6 +72,8 @@ func TestBadRequests(t *testing.T) {
 			`Content-Type "application/yaml" not supported: want application/json`},
 		{"body too large", "", "application/json", `{"x":"` + strings.Repeat("a", MaxBodyBytes) + `"}`, 413,
 			"request body larger than 7340032 bytes"},
+		{"body too large, chunked", "", "application/json", "chunked:" + `{"x":"` + strings.Repeat("a", MaxBodyBytes) + `"}`, 413,
+			"request body larger than 7340032 bytes"},
 		{"malformed JSON", "", "application/json", `{"apiVersion":`, 400,
 			"decode AdmissionReview: unexpected end of JSON input"},
 		{"not JSON at all", "", "application/json", `<xml/>`, 400,
@@ -96,7 +98,12 @@ func TestBadRequests(t *testing.T) {
 			if method == "" {
 				method = http.MethodPost
 			}
-			req := httptest.NewRequest(method, "/mutate", strings.NewReader(tt.body))
+			body, chunked := strings.CutPrefix(tt.body, "chunked:")
+			req := httptest.NewRequest(method, "/mutate", strings.NewReader(body))
+			if chunked {
+				// No Content-Length: the limit must hold while reading.
+				req.ContentLength = -1
+			}
 			if tt.contentType != "" {
 				req.Header.Set("Content-Type", tt.contentType)
 			}
