@@ -15,7 +15,8 @@ import (
 // Pod returns pod with podmeta's injections and a Report of what was
 // injected and skipped. It never modifies pod; to stay cheap on the admission
 // hot path the result shares the parts it did not change (user env vars,
-// resources, ...) with pod, so DeepCopy the result before changing it.
+// resources, ...) with pod, and its containers share the sources of the
+// injected pod-level env vars, so DeepCopy the result before changing it.
 //
 // A pod without the label podmeta.io/inject="true" is returned as is (same
 // pointer) with Report.OptedIn false. An invalid podmeta annotation yields
@@ -166,19 +167,20 @@ func (in *injection) finish() {
 
 func (in *injection) env() {
 	found := false
+	tmpl, res := in.envTemplate()
+	if len(tmpl) == 0 {
+		return
+	}
+	// The wanted names are the same in every container: index them once,
+	// then make one pass over each (possibly huge) user list.
+	idx := make(map[string]int, len(tmpl))
+	for i := range tmpl {
+		idx[tmpl[i].Name] = i
+	}
+	const absent = -1
+	at := make([]int, len(tmpl))
 	for ci, c := range in.selected {
-		want := in.wantEnv(c)
-		if len(want) == 0 {
-			continue
-		}
-		// One pass over the (possibly huge) user list against the few
-		// wanted names.
-		idx := make(map[string]int, len(want))
-		for i := range want {
-			idx[want[i].Name] = i
-		}
-		const absent = -1
-		at := make([]int, len(want))
+		want := in.wantEnv(c, tmpl, res)
 		for i := range at {
 			at[i] = absent
 		}
@@ -187,11 +189,11 @@ func (in *injection) env() {
 				at[w] = i
 			}
 		}
-		var add []corev1.EnvVar
+		missing := 0
 		for i := range want {
 			switch {
 			case at[i] == absent:
-				add = append(add, want[i])
+				missing++
 			case envMatches(&c.Env[at[i]], &want[i]):
 				found = true // ours, from an earlier pass
 				in.touched[ci] = true
@@ -199,15 +201,19 @@ func (in *injection) env() {
 				in.skip(PartEnv, c.Name, want[i].Name, ReasonUserDefined, "")
 			}
 		}
-		if len(add) == 0 {
+		if missing == 0 {
 			continue
 		}
 		found = true
 		in.touched[ci] = true
 		// Ours go first so that the user's $(POD_NAME) references resolve;
 		// the user's own order is kept.
-		env := make([]corev1.EnvVar, 0, len(add)+len(c.Env))
-		env = append(env, add...)
+		env := make([]corev1.EnvVar, 0, missing+len(c.Env))
+		for i := range want {
+			if at[i] == absent {
+				env = append(env, want[i])
+			}
+		}
 		c.Env = append(env, c.Env...)
 		in.changed = true
 	}
@@ -218,18 +224,22 @@ func (in *injection) env() {
 	}
 }
 
-// wantEnv lists the env vars podmeta injects into c, in envKeys order: the
+// envTemplate lists the env vars podmeta injects, in envKeys order: the
 // Downward API ones when env is on, and the ambassador URL whenever the
 // ambassador is in the pod (apps need it to find the sidecar even when they
-// do not want the other variables).
-func (in *injection) wantEnv(c *corev1.Container) []corev1.EnvVar {
-	out := make([]corev1.EnvVar, 0, len(envKeys))
+// do not want the other variables). Pod-level entries are complete and
+// shared by all containers of this pod; res[i] names the resource of the
+// container-specific ones.
+func (in *injection) envTemplate() (tmpl []corev1.EnvVar, res []string) {
+	tmpl = make([]corev1.EnvVar, 0, len(envKeys))
+	res = make([]string, 0, len(envKeys))
 	for _, k := range envKeys {
 		name := in.cfg.EnvNames[k]
 		if name == "" || !in.s.env && k != EnvAmbassadorURL {
 			continue
 		}
 		e := corev1.EnvVar{Name: in.s.prefix + name}
+		r := ""
 		switch k {
 		case EnvPodName:
 			e.ValueFrom = fieldRef("metadata.name")
@@ -248,22 +258,36 @@ func (in *injection) wantEnv(c *corev1.Container) []corev1.EnvVar {
 		case EnvServiceAccount:
 			e.ValueFrom = fieldRef("spec.serviceAccountName")
 		case EnvCPURequest:
-			e.ValueFrom = resourceRef(c.Name, "requests.cpu")
+			r = "requests.cpu"
 		case EnvCPULimit:
-			e.ValueFrom = resourceRef(c.Name, "limits.cpu")
+			r = "limits.cpu"
 		case EnvMemoryRequest:
-			e.ValueFrom = resourceRef(c.Name, "requests.memory")
+			r = "requests.memory"
 		case EnvMemoryLimit:
-			e.ValueFrom = resourceRef(c.Name, "limits.memory")
+			r = "limits.memory"
 		case EnvAmbassadorURL:
 			if !in.ambassadorPresent {
 				continue
 			}
 			e.Value = "http://127.0.0.1:" + strconv.Itoa(in.s.port)
 		}
-		out = append(out, e)
+		tmpl = append(tmpl, e)
+		res = append(res, r)
 	}
-	return out
+	return tmpl, res
+}
+
+// wantEnv is the template for container c: the resource entries read c's
+// own requests and limits.
+func (in *injection) wantEnv(c *corev1.Container, tmpl []corev1.EnvVar, res []string) []corev1.EnvVar {
+	want := make([]corev1.EnvVar, len(tmpl))
+	copy(want, tmpl)
+	for i, r := range res {
+		if r != "" {
+			want[i].ValueFrom = resourceRef(c.Name, r)
+		}
+	}
+	return want
 }
 
 func fieldRef(path string) *corev1.EnvVarSource {
