@@ -517,3 +517,65 @@ func TestCompleteResponsesGetContentLength(t *testing.T) {
 	assert.Equal(t, http.StatusBadGateway, res.StatusCode, "an upstream reset inside the buffered part is a 502")
 	assert.Contains(t, decodeStatus(t, res.StatusCode, body).Message, "read response body")
 }
+
+func TestRequestBodyAndHeadersForwarded(t *testing.T) {
+	var got atomic.Value
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got.Store(fmt.Sprintf("%s %s %s %s", r.Method, r.Header.Get("Content-Type"), r.Header.Get("X-Forwarded-For"), b))
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, `{"kind":"ConfigMap"}`)
+	})
+	vol := newSAVolume(t, "tok", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca(), withPolicy(policy.Full, ""))
+
+	body := `[{"op":"add","path":"/data/a","value":"b"}]`
+	req, err := http.NewRequest("PATCH", h.url+"/api/v1/namespaces/a/configmaps/c", strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json-patch+json")
+	req.Header.Set("X-Forwarded-For", "203.0.113.9")
+	res, err := h.client.Do(req)
+	require.NoError(t, err)
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	assert.Equal(t, http.StatusCreated, res.StatusCode)
+	assert.Equal(t, `{"kind":"ConfigMap"}`, string(b))
+	assert.Equal(t, "PATCH application/json-patch+json  "+body, got.Load(), "body and content type forwarded, spoofable forwarding headers dropped")
+}
+
+func TestShutdownEndsLongWatches(t *testing.T) {
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, "{}\n")
+		http.NewResponseController(w).Flush()
+		<-r.Context().Done()
+	})
+	vol := newSAVolume(t, "tok", api.caPEM())
+	srv, err := New(Config{Listen: "127.0.0.1:0", HealthListen: "127.0.0.1:0", Upstream: api.URL,
+		TokenFile: vol.token(), CAFile: vol.ca(), Policy: policy.Policy{Mode: policy.ReadOnly},
+		ShutdownTimeout: 200 * time.Millisecond}, nil, nil, nil)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+
+	res, err := http.Get("http://" + srv.Addr().String() + "/api/v1/pods?watch=1")
+	require.NoError(t, err)
+	defer res.Body.Close()
+	line, err := bufio.NewReader(res.Body).ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "{}\n", line)
+
+	// An idle connection is closed at once; the open watch gets the drain
+	// period, then is cut so the pod can terminate.
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after the shutdown timeout")
+	}
+	_, err = http.Get("http://" + srv.Addr().String() + "/api")
+	assert.Error(t, err, "listener closed")
+}
