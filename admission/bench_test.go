@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -185,15 +185,30 @@ func BenchmarkHandler(b *testing.B) {
 		})
 		b.Run(name+"/handler", func(b *testing.B) {
 			b.SetBytes(int64(len(body)))
+			// A bare request and writer: httptest's parse the request line
+			// and buffer the answer, which would be the benchmark's cost,
+			// not the handler's.
+			header := http.Header{"Content-Type": {"application/json"}}
+			w := &discardWriter{header: http.Header{}}
 			loop(b, func() {
-				req := httptest.NewRequest(http.MethodPost, "/mutate", bytes.NewReader(body))
-				req.Header.Set("Content-Type", "application/json")
-				rec := httptest.NewRecorder()
-				h.ServeHTTP(rec, req)
-				if rec.Code != http.StatusOK {
-					b.Fatal(rec.Body.String())
+				req := &http.Request{Method: http.MethodPost, Header: header,
+					Body: io.NopCloser(bytes.NewReader(body)), ContentLength: int64(len(body))}
+				w.code = 0
+				h.ServeHTTP(w, req)
+				if w.code != 0 && w.code != http.StatusOK {
+					b.Fatalf("status %d", w.code)
 				}
 			})
 		})
 	}
 }
+
+// discardWriter is the cheapest http.ResponseWriter: it keeps the status.
+type discardWriter struct {
+	header http.Header
+	code   int
+}
+
+func (w *discardWriter) Header() http.Header         { return w.header }
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *discardWriter) WriteHeader(code int)        { w.code = code }
