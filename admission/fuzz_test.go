@@ -3,6 +3,7 @@ package admission
 import (
 	"encoding/json"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 
@@ -31,6 +32,11 @@ func FuzzHandler(f *testing.F) {
 	f.Add(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}`)
 	f.Add(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x","kind":{"version":"v1","kind":"Pod"},"operation":"CREATE","object":null}}`)
 	f.Add(`[]`)
+	realistic, err := os.ReadFile("testdata/review-deployment-pod.json")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(string(realistic))
 	h, _ := newTestHandler(f)
 	f.Fuzz(func(t *testing.T, body string) {
 		rec := post(h, "application/json", body)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -333,4 +334,48 @@ func TestConcurrentReviews(t *testing.T) {
 		t.Error(e)
 	}
 	assert.Equal(t, 201.0, testutil.ToFloat64(h.m.requests.WithLabelValues(OutcomePatched)))
+}
+
+// TestRealisticReview: a review shaped like what kube-apiserver sends for a
+// Deployment's pod (after the ServiceAccount plugin, with managedFields,
+// userInfo, options, oldObject null).
+func TestRealisticReview(t *testing.T) {
+	raw, err := os.ReadFile("testdata/review-deployment-pod.json")
+	require.NoError(t, err)
+	h, _ := newTestHandler(t)
+	out := decodeResponse(t, post(h, "application/json", string(raw)))
+	r := out.Response
+	assert.Equal(t, "705ab4f5-6393-11e8-b7cc-42010a800002", string(r.UID))
+	assert.True(t, r.Allowed)
+	assert.Empty(t, r.Warnings)
+
+	var in admissionv1.AdmissionReview
+	require.NoError(t, json.Unmarshal(raw, &in))
+	p, err := jsonpatch.DecodePatch(r.Patch)
+	require.NoError(t, err)
+	patched, err := p.Apply(in.Request.Object.Raw)
+	require.NoError(t, err)
+	var pod corev1.Pod
+	require.NoError(t, json.Unmarshal(patched, &pod))
+
+	// The sidecar is first, with the canonical allow rule and its own token
+	// volume; the app keeps its token mount and gets no second one.
+	require.Len(t, pod.Spec.InitContainers, 1)
+	amb := pod.Spec.InitContainers[0]
+	assert.Equal(t, mutate.AmbassadorName, amb.Name)
+	assert.Equal(t, []string{"--listen=127.0.0.1:8001", "--health-listen=:8002", "--policy=allow-list",
+		"--allow=GET /api/v1/namespaces/shop/configmaps/**"}, amb.Args)
+	web := pod.Spec.Containers[0]
+	assert.Equal(t, "POD_NAME", web.Env[0].Name)
+	assert.Equal(t, "GREETING", web.Env[len(web.Env)-1].Name, "the user's variable stays last, after what it references")
+	assert.Equal(t, []string{"kube-api-access-x7k2p", "podmeta"}, []string{web.VolumeMounts[0].Name, web.VolumeMounts[1].Name})
+	var vols []string
+	for _, v := range pod.Spec.Volumes {
+		vols = append(vols, v.Name)
+	}
+	assert.Equal(t, []string{"kube-api-access-x7k2p", "podmeta", mutate.APIAccessVolumeName}, vols)
+	// managedFields and the rest of the metadata are untouched.
+	assert.Len(t, pod.ManagedFields, 1)
+	assert.Equal(t, "web-6d4cf56db6-", pod.GenerateName)
+	assert.Contains(t, pod.Annotations[mutate.AnnotationStatus], `"injected":["env","volume","ambassador"]`)
 }
