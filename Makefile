@@ -1,7 +1,7 @@
 # podmeta — see README.md. `make test` is what CI runs.
 GO ?= go
 
-.PHONY: test unit vet fmt-check fuzz-short soak bench-load faults chart-test helm certmanager
+.PHONY: test unit vet fmt-check fuzz-short soak bench-load faults chart-test chart-certmanager-test helm certmanager
 test: fmt-check vet unit fuzz-short chart-test
 
 fmt-check:
@@ -39,7 +39,13 @@ faults:
 # Render tests of charts/podmeta (own module; builds helm 3 and 4 from the Go
 # module proxy on first use, cached in $${PODMETA_CACHE:-/var/cache/podmeta}).
 chart-test:
-	cd charts/podmeta/tests && $(GO) vet ./... && $(GO) test -count=1 ./...
+	cd charts/podmeta/tests && $(GO) vet ./... && $(GO) vet -tags certmanager ./... && $(GO) test -count=1 ./...
+
+# The chart against a real API server (etcd + kube-apiserver on loopback, from
+# the local cluster's binary cache or PODMETA_ETCD / PODMETA_KUBE_APISERVER)
+# with cert-manager's controller and cainjector from hack/certmanager.
+chart-certmanager-test:
+	cd charts/podmeta/tests && $(GO) test -tags certmanager -count=1 -run TestWithCertManager ./...
 
 # Prints the path of the pinned helm binary, building it if needed.
 helm:
