@@ -87,8 +87,10 @@ func printBench(w io.Writer, rep *scenario.BenchReport) {
 	fmt.Fprintln(tw, "\tnull\twebhook\tratio\t")
 	fmt.Fprintf(tw, "start to ready (median)\t%s\t%s\t%.2f\t\n", us(rep.ReadyMedian[scenario.Null]), us(rep.ReadyMedian[scenario.Webhook]),
 		float64(rep.ReadyMedian[scenario.Webhook])/float64(max(rep.ReadyMedian[scenario.Null], 1)))
-	fmt.Fprintf(tw, "peak RSS (VmHWM)\t%s\t%s\t%.2f\t\n", mib(rep.PeakRSS[scenario.Null]), mib(rep.PeakRSS[scenario.Webhook]),
-		float64(rep.PeakRSS[scenario.Webhook])/float64(max(rep.PeakRSS[scenario.Null], 1)))
+	for _, pod := range rep.Config.Pods {
+		n, w := rep.PeakRSS[scenario.Null+"/"+pod], rep.PeakRSS[scenario.Webhook+"/"+pod]
+		fmt.Fprintf(tw, "peak RSS (VmHWM), %s pod\t%s\t%s\t%.2f\t\n", pod, mib(n), mib(w), float64(w)/float64(max(n, 1)))
+	}
 	fmt.Fprintf(tw, "SIGTERM to exit, idle\t%s\t%s\t\t\n", us(rep.Shutdown[scenario.Null]), us(rep.Shutdown[scenario.Webhook]))
 	tw.Flush()
 	fmt.Fprintln(w)
