@@ -211,6 +211,9 @@ func serial(s *big.Int) string {
 	return s.String()
 }
 
+// maxLoadWait bounds how long Signal waits for the load to flow.
+const maxLoadWait = 20 * time.Second
+
 // SignalConfig sends a signal to the server during load.
 type SignalConfig struct {
 	FaultConfig
@@ -252,9 +255,9 @@ func Signal(ctx context.Context, e *Env, cfg SignalConfig) (*SignalReport, error
 	if cfg.Signal == 0 {
 		cfg.Signal = syscall.SIGTERM
 	}
-	if cfg.Duration < cfg.After+cfg.Grace {
-		cfg.Duration = cfg.After + cfg.Grace + time.Second
-	}
+	// The load must outlast the signal and the exit; it is cancelled once
+	// the process has gone.
+	cfg.Duration = max(cfg.Duration, cfg.After+maxLoadWait+cfg.Grace+time.Second)
 	p, err := e.Start(ctx, cfg.Servers, cfg.Target)
 	if err != nil {
 		return nil, err
@@ -276,13 +279,16 @@ func Signal(ctx context.Context, e *Env, cfg SignalConfig) (*SignalReport, error
 	}()
 
 	// Signal after cfg.After, and not before every worker could have had
-	// two answers: the server must be under load, not still handshaking.
+	// two answers (for at most maxLoadWait more): the server must be under
+	// load, not still handshaking.
 	rep := &SignalReport{}
-	after := time.After(cfg.After)
+	after, giveUp := time.After(cfg.After), time.After(cfg.After+maxLoadWait)
 	for elapsed := false; !elapsed || answered.Load() < 2*int64(cfg.Workers); {
 		select {
 		case <-after:
 			elapsed = true
+		case <-giveUp:
+			elapsed, cfg.Workers = true, 0
 		case <-time.After(10 * time.Millisecond):
 		case <-done:
 			return nil, fmt.Errorf("load ended before the signal: %v", loadErr)

@@ -144,7 +144,7 @@ func TestRotationCheckCatchesAStaticCertificate(t *testing.T) {
 func TestSigtermUnderLoad(t *testing.T) {
 	env, servers := setup(t)
 	rep, err := Signal(context.Background(), env, SignalConfig{
-		FaultConfig: FaultConfig{Servers: servers, Workers: 32},
+		FaultConfig: FaultConfig{Servers: servers, Workers: 16},
 		After:       time.Second, Grace: 25 * time.Second,
 	})
 	require.NoError(t, err)
@@ -162,7 +162,7 @@ func TestSigkillDropsAreCaught(t *testing.T) {
 	env, servers := setup(t)
 	for try := 1; ; try++ {
 		rep, err := Signal(context.Background(), env, SignalConfig{
-			FaultConfig: FaultConfig{Servers: servers, Workers: 32},
+			FaultConfig: FaultConfig{Servers: servers, Workers: 16},
 			After:       500 * time.Millisecond, Grace: 5 * time.Second, Signal: syscall.SIGKILL,
 		})
 		require.NoError(t, err)
