@@ -47,6 +47,10 @@ type RotateConfig struct {
 	// ReconnectEvery makes workers open new connections throughout the
 	// run (default 20 requests per connection).
 	ReconnectEvery int
+	// Swaps, if set, ends the run after that many swaps once a connection
+	// dialed MaxLag after the last one has completed its handshake
+	// (Duration stays the upper bound).
+	Swaps int
 	// MaxLag is how soon after a swap every new connection must present
 	// the new certificate (default 2s; the webhook reacts to the directory
 	// event, and polls every 10s as a fallback).
@@ -99,7 +103,8 @@ func Rotate(ctx context.Context, e *Env, cfg RotateConfig) (*RotateReport, error
 	defer p.Kill()
 
 	var mu sync.Mutex
-	var conns []load.ConnInfo
+	var conns []load.ConnInfo // in handshake order
+	var answered atomic.Int64
 	initial := e.Serving.Cert.SerialNumber
 	rotations := []Rotation{{At: time.Now(), Serial: initial.String(), Seen: true}}
 	order := map[string]int{initial.String(): 0}
@@ -114,7 +119,7 @@ func Rotate(ctx context.Context, e *Env, cfg RotateConfig) (*RotateReport, error
 	go func() {
 		res, err := load.Run(loadCtx, load.Config{
 			URL: p.URL, RootCAs: e.Roots, Review: review, ExpectPatch: cfg.Target == Webhook,
-			Workers: cfg.Workers, Duration: cfg.Duration, ReconnectEvery: cfg.ReconnectEvery,
+			Workers: cfg.Workers, Duration: cfg.Duration, ReconnectEvery: cfg.ReconnectEvery, Answered: &answered,
 			OnConn: func(c load.ConnInfo) {
 				mu.Lock()
 				conns = append(conns, c)
@@ -124,6 +129,10 @@ func Rotate(ctx context.Context, e *Env, cfg RotateConfig) (*RotateReport, error
 		done <- outcome{res, err}
 	}()
 
+	// Swap only once the load flows (every worker answered once), and with
+	// Swaps set, stop once a connection dialed MaxLag after the last swap
+	// has shown its certificate: on a slow machine the run takes longer
+	// rather than checking nothing.
 	tick := time.NewTicker(cfg.Every)
 	defer tick.Stop()
 	var out outcome
@@ -133,6 +142,19 @@ loop:
 		case out = <-done:
 			break loop
 		case <-tick.C:
+			if answered.Load() < int64(cfg.Workers) {
+				continue
+			}
+			if cfg.Swaps > 0 && len(rotations) > cfg.Swaps {
+				mu.Lock()
+				last := rotations[len(rotations)-1].At
+				checked := len(conns) > 0 && conns[len(conns)-1].Start.Sub(last) > cfg.MaxLag
+				mu.Unlock()
+				if checked {
+					cancel()
+				}
+				continue
+			}
 			s, err := e.Rotate()
 			if err != nil {
 				cancel()
