@@ -26,7 +26,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -72,14 +71,6 @@ func binary(t *testing.T, env, cached string) string {
 		t.Fatalf("%s not found (%v): run hack/cluster/build-bins.sh, or set %s", p, err, env)
 	}
 	return p
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // start runs a process until the test ends, its output in dir/name.log
