@@ -154,33 +154,74 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) (string, []byte,
 		}
 		return OutcomeBadRequest, nil, badRequest("read request body: %v", err)
 	}
-	var review admissionv1.AdmissionReview
-	if err := json.Unmarshal(buf.Bytes(), &review); err != nil {
-		return OutcomeBadRequest, nil, badRequest("decode AdmissionReview: %v", err)
+	typ, req, pod, err := decode(buf.Bytes())
+	if err != nil {
+		return OutcomeBadRequest, nil, err
 	}
-	if review.APIVersion != admissionV1 || review.Kind != "AdmissionReview" {
-		return OutcomeBadRequest, nil, badRequest("unsupported apiVersion %q, kind %q: want %s AdmissionReview", review.APIVersion, review.Kind, admissionV1)
+	if typ.APIVersion != admissionV1 || typ.Kind != "AdmissionReview" {
+		return OutcomeBadRequest, nil, badRequest("unsupported apiVersion %q, kind %q: want %s AdmissionReview", typ.APIVersion, typ.Kind, admissionV1)
 	}
-	req := review.Request
 	if req == nil {
 		return OutcomeBadRequest, nil, badRequest("AdmissionReview has no request")
 	}
 	if req.UID == "" {
 		return OutcomeBadRequest, nil, badRequest("AdmissionReview request has no uid")
 	}
-	outcome, resp, err := h.review(req)
+	outcome, resp, err := h.review(req, pod)
 	if err != nil {
 		return outcome, nil, err
 	}
 	resp.UID = req.UID
 	body, err := json.Marshal(admissionv1.AdmissionReview{
-		TypeMeta: metav1.TypeMeta{APIVersion: review.APIVersion, Kind: review.Kind},
+		TypeMeta: typ,
 		Response: resp,
 	})
 	if err != nil {
 		return OutcomeServerError, nil, fmt.Errorf("encode AdmissionReview: %w", err)
 	}
 	return outcome, body, nil
+}
+
+// podReview is an AdmissionReview whose request.object decodes straight
+// into a Pod: one pass over the bytes, where AdmissionReview would validate
+// them, copy request.object into a RawExtension, and validate and decode the
+// copy again (the pod is most of the body, so this is most of the cost).
+type podReview struct {
+	metav1.TypeMeta `json:",inline"`
+	Request         *podRequest `json:"request"`
+}
+
+type podRequest struct {
+	admissionv1.AdmissionRequest
+	// Object shadows AdmissionRequest.Object: the shallower field wins.
+	Object *corev1.Pod `json:"object"`
+}
+
+// decode returns the review's type, its request and, for a request whose
+// object decodes as a Pod, that pod. Whatever does not fit the one-pass
+// shape (another kind of object, malformed input) takes the general path,
+// which also yields the precise error.
+func decode(body []byte) (metav1.TypeMeta, *admissionv1.AdmissionRequest, *corev1.Pod, error) {
+	var pr podReview
+	if err := json.Unmarshal(body, &pr); err == nil {
+		if pr.Request == nil {
+			return pr.TypeMeta, nil, nil, nil
+		}
+		return pr.TypeMeta, &pr.Request.AdmissionRequest, pr.Request.Object, nil
+	}
+	var review admissionv1.AdmissionReview
+	if err := json.Unmarshal(body, &review); err != nil {
+		return metav1.TypeMeta{}, nil, nil, badRequest("decode AdmissionReview: %v", err)
+	}
+	req := review.Request
+	if req == nil || !isPodCreate(req) || len(req.Object.Raw) == 0 {
+		return review.TypeMeta, req, nil, nil
+	}
+	pod := new(corev1.Pod)
+	if err := json.Unmarshal(req.Object.Raw, pod); err != nil {
+		return metav1.TypeMeta{}, nil, nil, badRequest("decode request object as a Pod: %v", err)
+	}
+	return review.TypeMeta, req, pod, nil
 }
 
 func isPodCreate(req *admissionv1.AdmissionRequest) bool {
@@ -190,17 +231,13 @@ func isPodCreate(req *admissionv1.AdmissionRequest) bool {
 
 // review decides. It has no side effects, so dryRun requests get exactly
 // the same answer.
-func (h *handler) review(req *admissionv1.AdmissionRequest) (string, *admissionv1.AdmissionResponse, error) {
+func (h *handler) review(req *admissionv1.AdmissionRequest, pod *corev1.Pod) (string, *admissionv1.AdmissionResponse, error) {
 	allowed := &admissionv1.AdmissionResponse{Allowed: true}
 	if !isPodCreate(req) {
 		return OutcomeIgnored, allowed, nil
 	}
-	if len(req.Object.Raw) == 0 {
+	if pod == nil {
 		return OutcomeBadRequest, nil, badRequest("Pod CREATE request has no object")
-	}
-	var pod corev1.Pod
-	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
-		return OutcomeBadRequest, nil, badRequest("decode request object as a Pod: %v", err)
 	}
 	// Attributes are built only for a log line that is enabled: this is the
 	// hot path and most lines are debug.
@@ -208,11 +245,11 @@ func (h *handler) review(req *admissionv1.AdmissionRequest) (string, *admissionv
 		if !h.log.Enabled(context.Background(), level) {
 			return
 		}
-		attrs = append(attrs, slog.String("namespace", req.Namespace), slog.String("name", podName(req, &pod)),
+		attrs = append(attrs, slog.String("namespace", req.Namespace), slog.String("name", podName(req, pod)),
 			slog.String("uid", string(req.UID)), slog.Bool("dryRun", req.DryRun != nil && *req.DryRun))
 		h.log.LogAttrs(context.Background(), level, msg, attrs...)
 	}
-	mutated, report, err := h.mutate(&pod, h.cfg)
+	mutated, report, err := h.mutate(pod, h.cfg)
 	if err != nil {
 		log(slog.LevelInfo, "pod denied", slog.String("error", err.Error()))
 		return OutcomeDenied, &admissionv1.AdmissionResponse{
@@ -233,7 +270,7 @@ func (h *handler) review(req *admissionv1.AdmissionRequest) (string, *admissionv
 		h.m.skips.WithLabelValues(s.What, s.Reason).Inc()
 	}
 	allowed.Warnings = warnings(report.Skips)
-	ops, err := patch.Pod(&pod, mutated)
+	ops, err := patch.Pod(pod, mutated)
 	if err != nil {
 		return OutcomeServerError, nil, fmt.Errorf("build patch: %w", err)
 	}
