@@ -1,17 +1,22 @@
-# podmeta — see README.md. `make test` is what CI runs.
+# podmeta — see README.md. `make test` is what CI runs first; .ci/run then
+# runs the e2e suite on the local cluster.
 GO ?= go
 
-.PHONY: test unit vet fmt-check fuzz-short soak bench-load faults chart-test chart-certmanager-test helm certmanager
+.PHONY: test unit vet fmt-check fuzz-short soak bench-load faults chart-test chart-certmanager-test helm certmanager cluster-up cluster-down e2e
 test: fmt-check vet unit fuzz-short chart-test
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
+# The e2e module (client-go, go-containerregistry) is separate from the
+# webhook's; vet and unit-test it too. Its cluster tests need -tags e2e.
 vet:
 	$(GO) vet ./...
+	cd e2e && $(GO) vet -tags e2e ./...
 
 unit:
 	$(GO) test -race -count=1 ./...
+	cd e2e && $(GO) test -race -count=1 ./...
 
 # A short run of every fuzz target (go test runs only their seeds). Longer:
 # make fuzz-short FUZZTIME=10m, or one target with go test -fuzz.
@@ -55,3 +60,14 @@ helm:
 # building it if needed; the e2e suite runs it on the local cluster.
 certmanager:
 	@hack/tools/certmanager.sh
+
+# Local one-node cluster (README "Local cluster harness"); needs root.
+cluster-up:
+	hack/cluster/up.sh
+
+cluster-down:
+	hack/cluster/down.sh
+
+# The e2e suite against the local cluster (brought up if it is not).
+e2e:
+	hack/cluster/e2e.sh
