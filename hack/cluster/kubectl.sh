@@ -5,5 +5,4 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
-export KUBECACHEDIR=${KUBECACHEDIR:-$STATE/kube-cache}
 exec "$(k8s_bin_dir)/kubectl" --kubeconfig "$STATE/pki/admin.kubeconfig" "$@"

@@ -38,6 +38,9 @@ HARDCODED_PATHS="/var/lib/kubelet /var/log/containers /var/lib/cni /run/containe
 # namespace files holding kubelet's wanted values are bind-mounted over them.
 KUBELET_SYSCTLS="vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_on_oops=1 kernel/keys/root_maxkeys=1000000 kernel/keys/root_maxbytes=25000000"
 
+# kubectl would otherwise cache discovery in ~/.kube/cache.
+export KUBECACHEDIR=${KUBECACHEDIR:-$STATE/kube-cache}
+
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 

@@ -47,7 +47,6 @@ for p in $HARDCODED_PATHS; do
   mkdir -p "$d"
   mount --bind "$d" "$p"
 done
-export KUBECACHEDIR=$STATE/kube-cache
 
 # 4. Global sysctls kubelet sets: it finds and writes files of its own.
 for kv in $KUBELET_SYSCTLS; do
@@ -64,9 +63,10 @@ ip link add "$BRIDGE" type bridge
 ip addr add "$NODE_IP/${POD_CIDR#*/}" dev "$BRIDGE"
 ip link set "$BRIDGE" up
 ip route add "$SERVICE_CIDR" dev "$BRIDGE" src "$NODE_IP"
-sysctl -qw net.ipv4.ip_forward=1          # per network namespace
-sysctl -qw net.bridge.bridge-nf-call-iptables=1
-sysctl -qw net.ipv4.conf.all.route_localnet=1
+# Per network namespace, so only the cluster's copies change.
+echo 1 >/proc/sys/net/ipv4/ip_forward
+echo 1 >/proc/sys/net/bridge/bridge-nf-call-iptables
+echo 1 >/proc/sys/net/ipv4/conf/all/route_localnet
 
 declare -A pids
 start() { # start NAME COMMAND...
@@ -115,7 +115,8 @@ start etcd "$(etcd_bin_dir)/etcd" --name "$NODE_NAME" --data-dir "$STATE/etcd" \
   --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
   --initial-cluster "$NODE_NAME=http://127.0.0.1:2380" --listen-metrics-urls http://127.0.0.1:2381 \
   --unsafe-no-fsync --log-level warn
-wait_for 30 etcd curl -fsS http://127.0.0.1:2379/health
+etcd_up() { (exec 3<>/dev/tcp/127.0.0.1/2379) 2>/dev/null; }
+wait_for 30 etcd etcd_up
 
 start kube-apiserver "$bin/kube-apiserver" \
   --etcd-servers http://127.0.0.1:2379 \

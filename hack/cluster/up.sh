@@ -44,7 +44,7 @@ trap failed ERR
 "$here/build-bins.sh"
 phase "binaries ready"
 
-mkdir -p "$STATE"/{bin,pki,logs,images,etcd,kubelet,log-containers,log-pods,cni/net.d,cni/ipam,cni/cache,run-containerd,containerd/root,containerd/opt,sysctl,proxy}
+mkdir -p "$STATE"/{bin,pki,logs,images,log-pods,cni/net.d,cni/ipam,containerd/root,containerd/opt,sysctl,config,kube-cache}
 # Host state teardown must restore exactly: sysctls kubelet would touch, and
 # whether /run/netns was a mount point before `ip netns add` made it one.
 for kv in $KUBELET_SYSCTLS; do k=${kv%%=*}; printf '%s=%s\n' "$k" "$(cat "/proc/sys/$k")"; done >"$STATE/host-sysctls"

@@ -71,11 +71,15 @@ func (b Builder) Build(ctx context.Context, s Spec) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("image %s: reference %q: %w", s.Name, ref, err)
 	}
-	dir := filepath.Join(b.RepoRoot, filepath.FromSlash(s.Package))
+	root, err := filepath.Abs(b.RepoRoot)
+	if err != nil {
+		return Result{}, fmt.Errorf("image %s: %w", s.Name, err)
+	}
+	dir := filepath.Join(root, filepath.FromSlash(s.Package))
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return Result{Ref: ref, Skipped: fmt.Sprintf("%s does not exist", s.Package)}, nil
 	}
-	modDir, err := moduleDir(b.RepoRoot, dir)
+	modDir, err := moduleDir(root, dir)
 	if err != nil {
 		return Result{}, fmt.Errorf("image %s: %w", s.Name, err)
 	}
@@ -150,8 +154,7 @@ func (b Builder) checkMain(ctx context.Context, modDir, pkg string) error {
 
 // moduleDir finds the directory of the go.mod that owns dir, not above root.
 func moduleDir(root, dir string) (string, error) {
-	root, _ = filepath.Abs(root)
-	d, _ := filepath.Abs(dir)
+	d := dir
 	for {
 		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
 			return d, nil
