@@ -82,7 +82,7 @@ func New(c Config) http.Handler {
 			http.Error(w, fmt.Sprintf("query parameter url: want an absolute http(s) URL, got %q", target), http.StatusBadRequest)
 			return
 		}
-		client := &http.Client{Timeout: c.RequestTimeout}
+		client := &http.Client{Timeout: c.RequestTimeout, Transport: transport(nil)}
 		req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, u.String(), nil)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
@@ -112,7 +112,7 @@ func New(c Config) http.Handler {
 		if ct := r.Header.Get("Content-Type"); ct != "" {
 			req.Header.Set("Content-Type", ct)
 		}
-		writeJSON(w, http.StatusOK, do(&http.Client{Timeout: c.RequestTimeout}, req))
+		writeJSON(w, http.StatusOK, do(&http.Client{Timeout: c.RequestTimeout, Transport: transport(nil)}, req))
 	})
 	return mux
 }
@@ -145,8 +145,7 @@ func serviceAccountTransport(dir string) (*http.Transport, string, error) {
 	if !pool.AppendCertsFromPEM(ca) {
 		return nil, "", fmt.Errorf("service account ca.crt in %s: no PEM certificates", dir)
 	}
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
-	return tr, strings.TrimSpace(string(token)), nil
+	return transport(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}), strings.TrimSpace(string(token)), nil
 }
 
 // readDir returns the regular files of a downwardAPI volume. The kubelet
@@ -181,4 +180,11 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
+}
+
+// transport is a fresh transport per request: no proxy from the environment
+// (the app only talks to in-cluster addresses) and no pooled connections, so
+// each report reflects exactly one request. RequestTimeout bounds it all.
+func transport(tlsConfig *tls.Config) *http.Transport {
+	return &http.Transport{TLSClientConfig: tlsConfig, DisableKeepAlives: true}
 }

@@ -70,7 +70,7 @@ func TestFetchWithServiceAccountVerifiesTLSAndSendsToken(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(sa, "token"), []byte("tok123\n"), 0o600))
 	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
 	require.NoError(t, os.WriteFile(filepath.Join(sa, "ca.crt"), caPEM, 0o644))
-	h := New(Config{SADir: sa, RequestTimeout: 5 * time.Second})
+	h := New(Config{SADir: sa, RequestTimeout: 30 * time.Second})
 
 	code, body := get(t, h, "/fetch?sa=true&url="+url.QueryEscape(srv.URL+"/api"))
 	require.Equal(t, 200, code, string(body))
@@ -107,7 +107,7 @@ func TestRelayForwardsMethodPathQueryAndBody(t *testing.T) {
 		_, _ = io.WriteString(w, `{"reason":"Forbidden"}`)
 	}))
 	defer amb.Close()
-	h := New(Config{AmbassadorURL: amb.URL, RequestTimeout: 5 * time.Second})
+	h := New(Config{AmbassadorURL: amb.URL, RequestTimeout: 30 * time.Second})
 
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequest(http.MethodPatch, "/relay/api/v1/namespaces/ns/pods/p?fieldManager=x", strings.NewReader(`{"a":1}`))
@@ -125,7 +125,7 @@ func TestRelayForwardsMethodPathQueryAndBody(t *testing.T) {
 }
 
 func TestRelayReportsAnUnreachableAmbassador(t *testing.T) {
-	h := New(Config{AmbassadorURL: "http://127.0.0.1:1", RequestTimeout: time.Second})
+	h := New(Config{AmbassadorURL: "http://127.0.0.1:1", RequestTimeout: 30 * time.Second})
 	code, body := get(t, h, "/relay/api")
 	require.Equal(t, 200, code)
 	var res Result
