@@ -52,7 +52,7 @@ func FuzzHandler(f *testing.F) {
 			t.Fatalf("bad response %q: %v", rec.Body.String(), err)
 		}
 		var in admissionv1.AdmissionReview
-		if err := json.Unmarshal([]byte(body), &in); err != nil {
+		if err := unmarshal([]byte(body), &in); err != nil {
 			t.Fatalf("200 for a body that does not decode: %v", err)
 		}
 		if out.Response.UID != in.Request.UID {
@@ -80,10 +80,10 @@ func FuzzHandler(f *testing.F) {
 		}
 		// The patched object is exactly what mutate.Pod returns...
 		var orig, got corev1.Pod
-		if err := json.Unmarshal(in.Request.Object.Raw, &orig); err != nil {
+		if err := unmarshal(in.Request.Object.Raw, &orig); err != nil {
 			t.Fatal(err)
 		}
-		if err := json.Unmarshal(patched, &got); err != nil {
+		if err := unmarshal(patched, &got); err != nil {
 			t.Fatalf("patched object does not decode: %v", err)
 		}
 		want, _, err := mutate.Pod(&orig, h.cfg)

@@ -21,6 +21,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	sigsjson "sigs.k8s.io/json"
 
 	"github.com/podmeta/podmeta/mutate"
 	"github.com/podmeta/podmeta/patch"
@@ -203,14 +204,14 @@ type podRequest struct {
 // which also yields the precise error.
 func decode(body []byte) (metav1.TypeMeta, *admissionv1.AdmissionRequest, *corev1.Pod, error) {
 	var pr podReview
-	if err := json.Unmarshal(body, &pr); err == nil {
+	if err := unmarshal(body, &pr); err == nil {
 		if pr.Request == nil {
 			return pr.TypeMeta, nil, nil, nil
 		}
 		return pr.TypeMeta, &pr.Request.AdmissionRequest, pr.Request.Object, nil
 	}
 	var review admissionv1.AdmissionReview
-	if err := json.Unmarshal(body, &review); err != nil {
+	if err := unmarshal(body, &review); err != nil {
 		return metav1.TypeMeta{}, nil, nil, badRequest("decode AdmissionReview: %v", err)
 	}
 	req := review.Request
@@ -218,10 +219,17 @@ func decode(body []byte) (metav1.TypeMeta, *admissionv1.AdmissionRequest, *corev
 		return review.TypeMeta, req, nil, nil
 	}
 	pod := new(corev1.Pod)
-	if err := json.Unmarshal(req.Object.Raw, pod); err != nil {
+	if err := unmarshal(req.Object.Raw, pod); err != nil {
 		return metav1.TypeMeta{}, nil, nil, badRequest("decode request object as a Pod: %v", err)
 	}
 	return review.TypeMeta, req, pod, nil
+}
+
+// unmarshal decodes like the API server does: field names are case
+// sensitive. encoding/json would take "sPec" for "spec", and a patch for
+// /spec/... would then not apply to the object the API server holds.
+func unmarshal(data []byte, v any) error {
+	return sigsjson.UnmarshalCaseSensitivePreserveInts(data, v)
 }
 
 func isPodCreate(req *admissionv1.AdmissionRequest) bool {
