@@ -36,10 +36,11 @@ func main() {
 // Images are the images the harness knows by name: package path relative to
 // the repository root and the binary name inside the image.
 var Images = map[string]imagebuild.Spec{
-	"pause":      {Name: "pause", Package: "./e2e/images/pause"},
-	"testapp":    {Name: "testapp", Package: "./e2e/images/testapp"},
-	"webhook":    {Name: "webhook", Package: "./cmd/webhook", Binary: "podmeta-webhook"},
-	"ambassador": {Name: "ambassador", Package: "./cmd/ambassador", Binary: "podmeta-ambassador"},
+	"pause":       {Name: "pause", Package: "./e2e/images/pause"},
+	"testapp":     {Name: "testapp", Package: "./e2e/images/testapp"},
+	"webhook":     {Name: "webhook", Package: "./cmd/webhook", Binary: "podmeta-webhook"},
+	"ambassador":  {Name: "ambassador", Package: "./cmd/ambassador", Binary: "podmeta-ambassador"},
+	"certmanager": {Name: "certmanager", Package: "./hack/certmanager", Binary: "podmeta-certmanager"},
 }
 
 // Run is the whole command, testable without a process.
