@@ -97,7 +97,9 @@ func TestClusterSmoke(t *testing.T) {
 	getJSON(ctx, t, c, ns, "client", "/fetch", map[string]string{"url": apiURL, "sa": "true"}, &res)
 	require.Empty(t, res.Error, "GET %s from the pod", apiURL)
 	require.Equal(t, 200, res.Status, "GET %s from the pod with its token: %s", apiURL, res.Body)
-	assert.Contains(t, res.Body, `"kind": "APIVersions"`)
+	var versions struct{ Kind string }
+	require.NoError(t, json.Unmarshal([]byte(res.Body), &versions), res.Body)
+	assert.Equal(t, "APIVersions", versions.Kind)
 	// The same request without the token is refused: the 200 above is the
 	// token's doing, not anonymous access.
 	res = app.Result{}

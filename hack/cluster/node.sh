@@ -130,6 +130,10 @@ start kube-apiserver "$bin/kube-apiserver" \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
   --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
   --allow-privileged=true --enable-aggregator-routing=true --profiling=false
+# kube-controller-manager exits if the RBAC bootstrap roles are not there yet.
+api_ready() { "$bin/kubectl" --kubeconfig "$pki/admin.kubeconfig" get --raw /readyz; }
+wait_for 120 "the API server" api_ready
+log "API server ready"
 start kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig "$pki/controller-manager.kubeconfig" \
   --authentication-kubeconfig "$pki/controller-manager.kubeconfig" --authorization-kubeconfig "$pki/controller-manager.kubeconfig" \
