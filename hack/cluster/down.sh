@@ -67,7 +67,17 @@ if [ "$(cat "$STATE/host-run-netns-mounted" 2>/dev/null)" = no ] && [ -z "$(ip n
 fi
 
 # 6. Mount points up.sh had to create on the host (they are empty there).
-if [ -f "$STATE/created-paths" ]; then
+#    Another harness cluster running on this machine has its own bind mounts
+#    on them, so hand them over to it instead: it removes them when it goes.
+other=
+for pidfile in "$(dirname "$STATE")"/*/node.pid; do
+  [ -f "$pidfile" ] && [ "$(dirname "$pidfile")" != "$STATE" ] || continue
+  kill -0 "$(cat "$pidfile")" 2>/dev/null && other=$(dirname "$pidfile") && break
+done
+if [ -s "$STATE/created-paths" ] && [ -n "$other" ]; then
+  log "cluster in $other is running and uses $(tr '\n' ' ' <"$STATE/created-paths"); leaving them to its teardown"
+  cat "$STATE/created-paths" >>"$other/created-paths"
+elif [ -f "$STATE/created-paths" ]; then
   tac "$STATE/created-paths" | while read -r p; do
     find "$p" -depth -type d -empty -delete 2>/dev/null
     [ -e "$p" ] && log "WARNING: $p is not empty; left in place"
