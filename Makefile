@@ -2,7 +2,7 @@
 # runs the e2e suite on the local cluster.
 GO ?= go
 
-.PHONY: test unit vet fmt-check fuzz-short soak bench-load faults chart-test chart-certmanager-test helm certmanager cluster-up cluster-down e2e
+.PHONY: test unit vet fmt-check fuzz-short soak bench-load faults chart-test chart-certmanager-test helm certmanager cluster-up cluster-down e2e deploy demo e2e-bench e2e-kind
 test: fmt-check vet unit fuzz-short chart-test
 
 fmt-check:
@@ -68,6 +68,23 @@ cluster-up:
 cluster-down:
 	hack/cluster/down.sh
 
-# The e2e suite against the local cluster (brought up if it is not).
+# The e2e suite against the local cluster (brought up if it is not, podmeta
+# installed with Helm from this checkout first).
 e2e:
 	hack/cluster/e2e.sh
+
+# podmeta from this checkout into the local cluster (brought up if it is not).
+deploy: cluster-up
+	hack/e2e/deploy.sh
+
+# The README's first command: cluster, podmeta, a labeled pod and what it sees.
+demo:
+	hack/e2e/demo.sh
+
+# Pod-create latency with and without podmeta, written to BENCHMARKS.md.
+e2e-bench:
+	PODMETA_BENCH_FILE=$(CURDIR)/BENCHMARKS.md hack/cluster/e2e.sh -run TestPodCreateLatency -v
+
+# The same suite on a kind cluster (Docker + internet; untested on our CI).
+e2e-kind:
+	hack/e2e/kind.sh

@@ -10,6 +10,14 @@
 //	                             pod's ServiceAccount token and verifies TLS with the pod's ca.crt
 //	ANY /relay/P                 forwards the request (method, body) to $AMBASSADOR_URL/P
 //	                             (default http://127.0.0.1:8001) and reports {"status":..,"body":..}
+//
+// Two more modes serve tests that need something else than a server:
+//
+//	testapp get URL      GET URL ($VARS expanded) until it answers 2xx (at most
+//	                     $GET_TIMEOUT, default 60s), print the body, exit 0;
+//	                     exit 1 otherwise. A Job's workload.
+//	testapp labeler      a trivial mutating admission webhook (app.NewLabeler)
+//	                     on :8443 with $TLS_CERT_FILE/$TLS_KEY_FILE.
 package main
 
 import (
@@ -29,7 +37,18 @@ import (
 
 func main() {
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	if err := run(logger); err != nil {
+	var err error
+	switch mode := append(os.Args[1:], "")[0]; mode {
+	case "", "serve":
+		err = run(logger)
+	case "get":
+		err = get(os.Args[2:])
+	case "labeler":
+		err = labeler(logger)
+	default:
+		err = fmt.Errorf("unknown mode %q (want serve, get or labeler)", mode)
+	}
+	if err != nil {
 		logger.Error("testapp failed", "err", err)
 		os.Exit(1)
 	}

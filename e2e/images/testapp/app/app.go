@@ -148,30 +148,42 @@ func serviceAccountTransport(dir string) (*http.Transport, string, error) {
 	return transport(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}), strings.TrimSpace(string(token)), nil
 }
 
-// readDir returns the regular files of a downwardAPI volume. The kubelet
-// writes them through ..data symlinks; hidden entries are its bookkeeping.
+// readDir returns the regular files of a downwardAPI volume, those in
+// subdirectories (podmeta's per-container files, <container>/cpu_request) as
+// "dir/file". The kubelet writes them through ..data symlinks; hidden entries
+// are its bookkeeping.
 func readDir(dir string) (map[string]string, error) {
+	out := map[string]string{}
+	return out, readInto(out, dir, "")
+}
+
+func readInto(out map[string]string, dir, prefix string) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", dir, err)
+		return fmt.Errorf("reading %s: %w", dir, err)
 	}
-	out := map[string]string{}
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
 		st, err := os.Stat(p) // follows the kubelet's symlinks
-		if err != nil || st.IsDir() {
+		if err != nil {
+			continue
+		}
+		if st.IsDir() {
+			if err := readInto(out, p, prefix+e.Name()+"/"); err != nil {
+				return err
+			}
 			continue
 		}
 		b, err := os.ReadFile(p)
 		if err != nil {
-			return nil, fmt.Errorf("reading %s: %w", p, err)
+			return fmt.Errorf("reading %s: %w", p, err)
 		}
-		out[e.Name()] = string(b)
+		out[prefix+e.Name()] = string(b)
 	}
-	return out, nil
+	return nil
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

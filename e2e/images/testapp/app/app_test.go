@@ -41,7 +41,10 @@ func TestPodinfoReadsAKubeletStyleVolume(t *testing.T) {
 	require.NoError(t, os.Mkdir(ts, 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(ts, "labels"), []byte(`app="x"`), 0o644))
 	require.NoError(t, os.WriteFile(filepath.Join(ts, "name"), []byte("p1"), 0o644))
+	require.NoError(t, os.Mkdir(filepath.Join(ts, "app"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(ts, "app", "cpu_request"), []byte("100"), 0o644))
 	require.NoError(t, os.Symlink(filepath.Base(ts), filepath.Join(dir, "..data")))
+	require.NoError(t, os.Symlink("..data/app", filepath.Join(dir, "app")))
 	require.NoError(t, os.Symlink("..data/labels", filepath.Join(dir, "labels")))
 	require.NoError(t, os.Symlink("..data/name", filepath.Join(dir, "name")))
 
@@ -49,7 +52,7 @@ func TestPodinfoReadsAKubeletStyleVolume(t *testing.T) {
 	require.Equal(t, 200, code, string(body))
 	var files map[string]string
 	require.NoError(t, json.Unmarshal(body, &files))
-	assert.Equal(t, map[string]string{"labels": `app="x"`, "name": "p1"}, files)
+	assert.Equal(t, map[string]string{"labels": `app="x"`, "name": "p1", "app/cpu_request": "100"}, files)
 }
 
 func TestPodinfoMissingDirectoryIs404(t *testing.T) {
