@@ -18,8 +18,11 @@ rc=0
 # podmeta-system, the same one hack/e2e/deploy.sh installs): run it first,
 # alone, then install podmeta for every other package.
 go test -tags e2e -count=1 -timeout 20m "$@" ./chart/... || rc=$?
-"$repo/hack/e2e/deploy.sh" || rc=$?
-if [ $rc = 0 ]; then
+deployed=0
+"$repo/hack/e2e/deploy.sh" || deployed=$?
+if [ $deployed != 0 ]; then
+  rc=$deployed
+else
   # shellcheck disable=SC2046
   go test -tags e2e -count=1 -timeout 20m "$@" $(go list -tags e2e ./... | grep -v '/e2e/chart$') || rc=$?
 fi
