@@ -1,8 +1,17 @@
-# podmeta — see README.md. `make test` is what CI runs first; .ci/run then
-# runs the e2e suite on the local cluster.
+# podmeta — see README.md. `make check` is the whole suite and what .ci/run
+# runs; `make test` is its quick first part.
 GO ?= go
 
-.PHONY: test unit vet fmt-check fuzz-short soak bench-load faults chart-test chart-certmanager-test helm certmanager cluster-up cluster-down e2e deploy demo e2e-bench e2e-kind
+.PHONY: check test unit vet fmt-check fuzz-short soak bench-load faults chart-test chart-certmanager-test helm certmanager cluster-up cluster-down e2e deploy demo e2e-bench e2e-kind
+
+# The whole suite, what .ci/run runs (needs root for the local cluster):
+# test, soak, e2e on the local cluster with teardown and host check, and the
+# chart's cert-manager test. See hack/check.sh.
+check:
+	hack/check.sh
+
+# The quick part: gofmt, vet, unit/golden/fuzz-seed tests, short fuzzing,
+# chart render tests.
 test: fmt-check vet unit fuzz-short chart-test
 
 fmt-check:
