@@ -220,7 +220,7 @@ func injectOne(doc map[string]any, t target, cfg mutate.Config, res *Result) ([]
 	}
 	res.Injected++
 	for _, s := range report.Skips {
-		res.Warnings = append(res.Warnings, t.where+": "+skipMessage(s))
+		res.Warnings = append(res.Warnings, t.where+": "+s.String())
 	}
 	return ops, nil
 }
@@ -246,20 +246,4 @@ func lookup(v any, path string) any {
 		}
 	}
 	return v
-}
-
-// skipMessage words a skip like the webhook's admission warnings.
-func skipMessage(s mutate.Skip) string {
-	msg := "skipped " + s.What
-	if s.Name != "" {
-		msg += " " + s.Name
-	}
-	if s.Container != "" {
-		msg += " in container " + s.Container
-	}
-	msg += ": " + s.Reason
-	if s.Detail != "" {
-		msg += " (" + s.Detail + ")"
-	}
-	return msg
 }
