@@ -18,7 +18,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -33,18 +32,12 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/restmapper"
 
+	"github.com/podmeta/podmeta/e2e/certmanager"
 	"github.com/podmeta/podmeta/e2e/framework"
 )
 
@@ -52,11 +45,6 @@ const (
 	release     = "podmeta"
 	namespace   = "podmeta-system"
 	servingCert = "podmeta-serving-cert"
-)
-
-var (
-	certificateGVR = schema.GroupVersionResource{Group: "cert-manager.io", Version: "v1", Resource: "certificates"}
-	issuerGVR      = schema.GroupVersionResource{Group: "cert-manager.io", Version: "v1", Resource: "issuers"}
 )
 
 // repoRoot is the repository checkout these tests run from.
@@ -69,19 +57,16 @@ func repoRoot(t testing.TB) string {
 
 type env struct {
 	*framework.Cluster
-	dyn    dynamic.Interface
-	mapper meta.RESTMapper
-	helm   string
-	root   string
+	dyn  dynamic.Interface
+	helm string
+	root string
 }
 
 func newEnv(t *testing.T) *env {
 	c := framework.Connect(t)
 	dyn, err := dynamic.NewForConfig(c.Config)
 	require.NoError(t, err)
-	dc, err := discovery.NewDiscoveryClientForConfig(c.Config)
-	require.NoError(t, err)
-	e := &env{Cluster: c, dyn: dyn, mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc)), root: repoRoot(t)}
+	e := &env{Cluster: c, dyn: dyn, root: repoRoot(t)}
 	out, err := exec.Command(filepath.Join(e.root, "hack/tools/helm.sh")).Output()
 	require.NoError(t, err, "hack/tools/helm.sh")
 	e.helm = strings.TrimSpace(string(out))
@@ -99,72 +84,6 @@ func (e *env) run(t *testing.T, args ...string) string {
 	return string(out)
 }
 
-// apply server-side-applies every object of a multi-document YAML file.
-func (e *env) apply(t *testing.T, data []byte) {
-	t.Helper()
-	ctx := context.Background()
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
-	for {
-		var u unstructured.Unstructured
-		if err := dec.Decode(&u.Object); err != nil {
-			if err.Error() == "EOF" {
-				return
-			}
-			require.NoError(t, err)
-		}
-		if len(u.Object) == 0 {
-			continue
-		}
-		gvk := u.GroupVersionKind()
-		m, err := e.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-		if meta.IsNoMatchError(err) {
-			e.mapper.(*restmapper.DeferredDiscoveryRESTMapper).Reset()
-			m, err = e.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-		}
-		require.NoError(t, err, "%s", gvk)
-		var ri dynamic.ResourceInterface = e.dyn.Resource(m.Resource)
-		if m.Scope.Name() == meta.RESTScopeNameNamespace {
-			ri = e.dyn.Resource(m.Resource).Namespace(u.GetNamespace())
-		}
-		body, err := u.MarshalJSON()
-		require.NoError(t, err)
-		_, err = ri.Patch(ctx, u.GetName(), types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: "podmeta-e2e", Force: ptr(true)})
-		require.NoError(t, err, "apply %s %s", gvk.Kind, u.GetName())
-	}
-}
-
-func ptr[T any](v T) *T { return &v }
-
-// ensureCertManager installs the test build of cert-manager unless the
-// cluster already has cert-manager.
-func (e *env) ensureCertManager(t *testing.T) {
-	_, err := e.mapper.RESTMapping(schema.GroupKind{Group: "cert-manager.io", Kind: "Certificate"}, "v1")
-	if err == nil {
-		t.Log("the cluster serves cert-manager.io/v1 Certificates: using its cert-manager")
-		return
-	}
-	t.Log("no cert-manager in the cluster: installing hack/certmanager's test build")
-	cmd := exec.Command(filepath.Join(e.root, "hack/tools/certmanager.sh"))
-	cmd.Env = append(os.Environ(), "CRDS=1")
-	out, err := cmd.Output()
-	require.NoError(t, err, "hack/tools/certmanager.sh CRDS=1")
-	crds, err := filepath.Glob(filepath.Join(strings.TrimSpace(string(out)), "*.yaml"))
-	require.NoError(t, err)
-	require.NotEmpty(t, crds)
-	for _, f := range crds {
-		data, err := os.ReadFile(f)
-		require.NoError(t, err)
-		e.apply(t, data)
-	}
-	e.mapper.(*restmapper.DeferredDiscoveryRESTMapper).Reset()
-	deploy, err := os.ReadFile(filepath.Join(e.root, "hack/certmanager/deploy.yaml"))
-	require.NoError(t, err)
-	e.apply(t, bytes.ReplaceAll(deploy, []byte("IMAGE"), []byte(framework.Image("certmanager"))))
-	for _, d := range []string{"cert-manager", "cert-manager-cainjector"} {
-		e.waitDeployment(t, "cert-manager", d, 1, 2*time.Minute)
-	}
-}
-
 func (e *env) waitDeployment(t *testing.T, ns, name string, replicas int32, timeout time.Duration) *appsv1.Deployment {
 	t.Helper()
 	var d *appsv1.Deployment
@@ -179,22 +98,6 @@ func (e *env) waitDeployment(t *testing.T, ns, name string, replicas int32, time
 	})
 	require.NoError(t, err, "deployment %s/%s not rolled out: %+v", ns, name, d)
 	return d
-}
-
-// certReady reports whether a Certificate has condition Ready=True.
-func (e *env) certReady(ctx context.Context, name string) (bool, *unstructured.Unstructured) {
-	u, err := e.dyn.Resource(certificateGVR).Namespace(namespace).Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return false, nil
-	}
-	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-	for _, c := range conds {
-		m, _ := c.(map[string]any)
-		if m["type"] == "Ready" && m["status"] == "True" {
-			return true, u
-		}
-	}
-	return false, u
 }
 
 func (e *env) leaf(t *testing.T) *x509.Certificate {
@@ -319,7 +222,11 @@ func restarts(p corev1.Pod) int32 {
 func TestChart(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	e.ensureCertManager(t)
+	// The same code as hack/e2e/deploy.sh's: whichever runs first installs
+	// the test build, the other finds it running.
+	require.NoError(t, certmanager.Ensure(ctx, e.Config, certmanager.Install{
+		RepoRoot: e.root, Image: framework.Image("certmanager"), Allowed: true, Logf: t.Logf,
+	}))
 	testNS := e.Namespace(t, "chart")
 
 	installArgs := []string{
@@ -333,6 +240,11 @@ func TestChart(t *testing.T) {
 		"--wait", "--timeout", "3m",
 	}
 
+	// A release left by hack/e2e/deploy.sh or make demo on a cluster that was
+	// up already: this test installs the release itself, so it goes first
+	// (hack/cluster/e2e.sh installs it again for the rest of the suite).
+	e.run(t, "uninstall", release, "--namespace", namespace, "--ignore-not-found", "--wait", "--timeout", "2m")
+
 	// Whatever happens, leave no release behind for the tests that follow.
 	t.Cleanup(func() {
 		out, err := exec.Command(e.helm, "uninstall", release, "--namespace", namespace, "--ignore-not-found", "--wait").CombinedOutput()
@@ -343,21 +255,14 @@ func TestChart(t *testing.T) {
 
 	if !t.Run("install", func(t *testing.T) {
 		e.run(t, installArgs...)
-		ready, cert := e.certReady(ctx, servingCert)
-		require.True(t, ready, "Certificate %s not Ready: %v", servingCert, cert)
+		// helm --wait saw the pods Ready, so the Secret exists: Ready now.
+		_, err := certmanager.WaitReady(ctx, e.dyn, namespace, servingCert, 10*time.Second)
+		require.NoError(t, err)
 		e.waitDeployment(t, namespace, release, 2, time.Minute)
 
 		// cainjector wrote the CA that signed the serving certificate.
-		var bundle []byte
-		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-			mwc, err := e.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, release, metav1.GetOptions{})
-			if err != nil {
-				return false, nil
-			}
-			bundle = mwc.Webhooks[0].ClientConfig.CABundle
-			return len(bundle) > 0, nil
-		})
-		require.NoError(t, err, "caBundle never injected")
+		bundle, err := certmanager.WaitCABundle(ctx, e.Client, release, time.Minute)
+		require.NoError(t, err)
 		s, err := e.Client.CoreV1().Secrets(namespace).Get(ctx, servingCert, metav1.GetOptions{})
 		require.NoError(t, err)
 		assert.Equal(t, string(s.Data["ca.crt"]), string(bundle))
@@ -390,7 +295,7 @@ func TestChart(t *testing.T) {
 		// certificate's differs.
 		time.Sleep(time.Until(old.NotBefore.Add(1100 * time.Millisecond)))
 		a := e.startAdmissions(t, testNS)
-		e.renew(t, servingCert)
+		require.NoError(t, certmanager.Renew(ctx, e.dyn, namespace, servingCert))
 
 		var renewed *x509.Certificate
 		err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
@@ -496,8 +401,8 @@ func (e *env) leftovers(t *testing.T, sel metav1.ListOptions) []string {
 		{Version: "v1", Resource: "secrets"},
 		{Version: "v1", Resource: "serviceaccounts"},
 		{Group: "policy", Version: "v1", Resource: "poddisruptionbudgets"},
-		certificateGVR,
-		issuerGVR,
+		certmanager.CertificateGVR,
+		certmanager.IssuerGVR,
 		{Group: "cert-manager.io", Version: "v1", Resource: "certificaterequests"},
 	} {
 		l, err := e.dyn.Resource(gvr).Namespace(namespace).List(ctx, sel)
@@ -507,39 +412,6 @@ func (e *env) leftovers(t *testing.T, sel metav1.ListOptions) []string {
 		}
 	}
 	return left
-}
-
-// renew forces a renewal now, the way `cmctl renew` does: by setting the
-// Certificate's Issuing condition.
-func (e *env) renew(t *testing.T, name string) {
-	t.Helper()
-	ctx := context.Background()
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		u, err := e.dyn.Resource(certificateGVR).Namespace(namespace).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		old, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-		var conds []any
-		for _, c := range old {
-			if m, _ := c.(map[string]any); m["type"] != "Issuing" {
-				conds = append(conds, c)
-			}
-		}
-		conds = append(conds, map[string]any{
-			"type": "Issuing", "status": "True", "reason": "ManuallyTriggered",
-			"message":            "renewal forced by the podmeta e2e rotation test",
-			"lastTransitionTime": time.Now().UTC().Format(time.RFC3339),
-			"observedGeneration": u.GetGeneration(),
-		})
-		require.NoError(t, unstructured.SetNestedSlice(u.Object, conds, "status", "conditions"))
-		_, err = e.dyn.Resource(certificateGVR).Namespace(namespace).UpdateStatus(ctx, u, metav1.UpdateOptions{})
-		if apierrors.IsConflict(err) {
-			return false, nil
-		}
-		return err == nil, err
-	})
-	require.NoError(t, err, "forcing renewal of %s", name)
 }
 
 func imageRepo(ref string) string { return ref[:strings.LastIndex(ref, ":")] }

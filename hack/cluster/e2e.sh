@@ -15,8 +15,12 @@ cd "$repo/e2e"
 t0=$SECONDS
 rc=0
 # e2e/chart installs and uninstalls podmeta itself (release podmeta in
-# podmeta-system, the same one hack/e2e/deploy.sh installs): run it first,
-# alone, then install podmeta for every other package.
+# podmeta-system, the same one hack/e2e/deploy.sh installs; one left from an
+# earlier deploy is uninstalled first): run it first, alone, then install
+# podmeta for every other package the way the README does, with cert-manager
+# issuing its certificate. Both install hack/certmanager's test build of
+# cert-manager if it is not running yet (e2e/certmanager.Ensure), so it is
+# installed once, by whichever comes first, and stays until the cluster goes.
 go test -tags e2e -count=1 -timeout 20m "$@" ./chart/... || rc=$?
 deployed=0
 "$repo/hack/e2e/deploy.sh" || deployed=$?

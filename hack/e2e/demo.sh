@@ -33,7 +33,7 @@ fi
 log "1/3 local cluster"
 with_progress "bringing up the local cluster" "$repo/hack/cluster/up.sh"
 export KUBECONFIG=$STATE/pki/admin.kubeconfig
-log "2/3 installing podmeta (helm, charts/podmeta)"
+log "2/3 installing cert-manager (test build) and podmeta (helm, charts/podmeta)"
 with_progress "installing podmeta" "$here/deploy.sh"
 log "3/3 starting a labeled demo pod"
 (cd "$repo/e2e" && go run ./cmd/demo -namespace podmeta-demo -pod demo)
@@ -47,7 +47,8 @@ Done in $((SECONDS - t0))s. Look around (hack/cluster/kubectl.sh is kubectl v1.3
   $kubectl get --raw /api/v1/namespaces/podmeta-demo/pods/demo:8080/proxy/env       # the app's env (JSON)
   $kubectl get --raw /api/v1/namespaces/podmeta-demo/pods/demo:8080/proxy/podinfo   # its /etc/podinfo
   $kubectl -n podmeta-demo label pod demo color=blue             # then read /podinfo again
-  $kubectl -n podmeta-system get pods,svc,mutatingwebhookconfigurations
+  $kubectl -n podmeta-system get pods,svc,certificates,mutatingwebhookconfigurations
+  $kubectl -n cert-manager get pods                               # the test build of cert-manager
   export KUBECONFIG=$KUBECONFIG                                   # for your own kubectl/helm/client-go
 Offline, without a cluster: go run ./cmd/webhook inject -f examples/pod.yaml
 Tear down (stops every component, removes the network namespace, mounts and state): make cluster-down

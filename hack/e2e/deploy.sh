@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Installs podmeta into a cluster the way a user does: `helm upgrade --install`
-# of charts/podmeta, with the webhook and ambassador images built from this
-# checkout (pullPolicy Never: there is no registry), then waits until the
-# webhook really answers admission requests.
+# Installs podmeta into a cluster the way the README's "Install with Helm"
+# says: `helm install podmeta charts/podmeta` with the chart's default
+# certificates (cert-manager issues them, cainjector injects the caBundle),
+# the webhook and ambassador images built from this checkout (pullPolicy
+# Never: there is no registry), then the README's waits (Certificate Ready,
+# caBundle injected, rollout) and until the webhook really injects a pod.
+# A release that is already installed is upgraded instead.
 #
 #   hack/e2e/deploy.sh            # the local cluster (hack/cluster/up.sh must have run)
 #
@@ -10,11 +13,16 @@
 #   PODMETA_TARGET=local|kind   where images go: the local cluster's containerd
 #                               (default) or `kind load image-archive` into
 #                               $KIND_CLUSTER
-#   PODMETA_CERT_MODE=secret|cert-manager
-#                               secret (default): a CA and serving certificate
-#                               generated here, installed as the chart's
-#                               certificates.mode=secret; cert-manager: the
-#                               chart's default (cert-manager must be running)
+#   PODMETA_CERT_MODE=cert-manager|secret
+#                               cert-manager (default): the chart's default.
+#                               On the local cluster, hack/certmanager's test
+#                               build of cert-manager is installed first unless
+#                               cert-manager already runs (`harness
+#                               certmanager`, the code e2e/chart uses too);
+#                               elsewhere (kind) cert-manager must be running.
+#                               secret: for clusters without cert-manager; a CA
+#                               and serving certificate generated here,
+#                               installed as the chart's certificates.mode=secret
 #   PODMETA_NAMESPACE (podmeta-system), PODMETA_RELEASE (podmeta)
 #   KUBECONFIG                  default: the local cluster's admin kubeconfig
 #   HELM                        helm binary; default: hack/tools/helm.sh, or helm on PATH
@@ -25,7 +33,7 @@ repo=$(cd "$here/../.." && pwd)
 export PATH=$PATH:/usr/local/go/bin
 
 TARGET=${PODMETA_TARGET:-local}
-CERT_MODE=${PODMETA_CERT_MODE:-secret}
+CERT_MODE=${PODMETA_CERT_MODE:-cert-manager}
 NAMESPACE=${PODMETA_NAMESPACE:-podmeta-system}
 RELEASE=${PODMETA_RELEASE:-podmeta}
 CHART=${PODMETA_CHART:-$repo/charts/podmeta}
@@ -74,54 +82,95 @@ done <"$WORK/images/images.txt"
 # Same tag, new content: a changed digest in the pod template rolls the webhook.
 webhook_digest=$(sha256sum "$WORK/images/webhook.tar" | cut -c1-16)
 
-# 2. The serving certificate, when cert-manager does not issue it.
-values=$WORK/values.yaml
-cat >"$values" <<YAML
-# Written by hack/e2e/deploy.sh: the chart's values for images built from this checkout.
-image:
-  repository: $IMAGE_REGISTRY/webhook
-  tag: "$IMAGE_TAG"
-  pullPolicy: Never
-podAnnotations:
-  e2e.podmeta.io/webhook-image: "$webhook_digest"
-config:
-  ambassador:
-    image:
-      repository: $IMAGE_REGISTRY/ambassador
-      tag: "$IMAGE_TAG"
-      pullPolicy: Never
-YAML
-k get namespace "$NAMESPACE" >/dev/null 2>&1 || k create namespace "$NAMESPACE" >/dev/null
+# 2. cert-manager (cert-manager mode), or the serving certificate when
+# cert-manager does not issue it (secret mode).
+# The same --set flags as the README's step 2, plus what a registry-less
+# cluster needs: pullPolicy Never, and (same tag, new content) the webhook
+# image's digest in the pod template so an upgrade rolls the pods.
+helm_args=(
+  --set "image.repository=$IMAGE_REGISTRY/webhook" --set "image.tag=$IMAGE_TAG"
+  --set "config.ambassador.image.repository=$IMAGE_REGISTRY/ambassador" --set "config.ambassador.image.tag=$IMAGE_TAG"
+  --set image.pullPolicy=Never --set config.ambassador.image.pullPolicy=Never
+  --set-string "podAnnotations.e2e\.podmeta\.io/webhook-image=$webhook_digest"
+)
 case $CERT_MODE in
+  cert-manager)
+    phase "cert-manager"
+    install=false
+    if [ "$TARGET" = local ]; then
+      install=true
+      cm_image=$IMAGE_REGISTRY/certmanager:$IMAGE_TAG
+      # hack/cluster/up.sh built and imported it with the cluster's other images.
+      nsenter --target "$(cat "$STATE/pids/containerd")" --mount ctr -n k8s.io images ls -q "name==$cm_image" | grep -qx "$cm_image" ||
+        die "image $cm_image is not in the local cluster's containerd; bring the cluster up again (make cluster-down cluster-up)"
+    fi
+    "$WORK/harness" certmanager -repo-root "$repo" -image "${cm_image:-}" -install=$install >&2 ||
+      die "cert-manager is not running (for a cluster without it: PODMETA_CERT_MODE=secret)"
+    ;;
   secret)
     phase "serving certificate for $FULLNAME.$NAMESPACE.svc"
+    k get namespace "$NAMESPACE" >/dev/null 2>&1 || k create namespace "$NAMESPACE" >/dev/null
     (cd "$repo/e2e" && go run ./cmd/servingcert -dir "$WORK/tls" \
       -dns "$FULLNAME.$NAMESPACE.svc" -dns "$FULLNAME.$NAMESPACE.svc.cluster.local" -dns "$FULLNAME.$NAMESPACE" -dns "$FULLNAME")
     k -n "$NAMESPACE" create secret tls "$FULLNAME-e2e-tls" --cert "$WORK/tls/tls.crt" --key "$WORK/tls/tls.key" \
       --dry-run=client -o yaml | k apply -f - >/dev/null
-    cat >>"$values" <<YAML
-certificates:
-  mode: secret
-  secret:
-    name: $FULLNAME-e2e-tls
-    caBundle: $(base64 -w0 "$WORK/tls/ca.crt")
-YAML
+    helm_args+=(--set certificates.mode=secret --set "certificates.secret.name=$FULLNAME-e2e-tls"
+      --set "certificates.secret.caBundle=$(base64 -w0 "$WORK/tls/ca.crt")")
     ;;
-  cert-manager) ;;
-  *) die "PODMETA_CERT_MODE must be secret or cert-manager, got $CERT_MODE" ;;
+  *) die "PODMETA_CERT_MODE must be cert-manager or secret, got $CERT_MODE" ;;
 esac
 
-# 3. helm install; --wait covers the Deployment's rollout.
-phase "helm upgrade --install $RELEASE $CHART"
-"$HELM" upgrade --install "$RELEASE" "$CHART" --namespace "$NAMESPACE" --values "$values" \
-  --wait --timeout 5m >&2 || {
-  log "deploy: helm failed; the webhook pods and their events:"
-  k -n "$NAMESPACE" get pods -o wide >&2 || true
+# 3. helm install (helm upgrade when the release is there already: a re-run
+# of make demo or make deploy on a cluster that is up).
+diagnose() {
+  log "deploy: $1; the webhook pods, certificates and events:"
+  k -n "$NAMESPACE" get pods,certificates,certificaterequests -o wide >&2 || true
   k -n "$NAMESPACE" get events --sort-by=.lastTimestamp >&2 | tail -20 || true
   exit 1
 }
+status=$("$HELM" status "$RELEASE" --namespace "$NAMESPACE" -o json 2>/dev/null) || status=
+if [ -n "$status" ]; then
+  if ! grep -q '"status":"deployed"' <<<"$status"; then
+    log "deploy: release $RELEASE is there but not deployed (a failed install?); uninstalling it first"
+    "$HELM" uninstall "$RELEASE" --namespace "$NAMESPACE" --wait >&2
+    status=
+  fi
+fi
+if [ -n "$status" ]; then
+  phase "helm upgrade $RELEASE $CHART"
+  "$HELM" upgrade "$RELEASE" "$CHART" --namespace "$NAMESPACE" "${helm_args[@]}" >&2 || diagnose "helm upgrade failed"
+else
+  phase "helm install $RELEASE $CHART"
+  "$HELM" install "$RELEASE" "$CHART" --namespace "$NAMESPACE" --create-namespace "${helm_args[@]}" >&2 ||
+    diagnose "helm install failed"
+fi
 
-# 4. Ready means admission works: the API server reaches the webhook through
+# 4. The README's waits, then more than it asks: the injected caBundle is the
+# CA in the serving Secret, and both replicas are Ready.
+if [ "$CERT_MODE" = cert-manager ]; then
+  phase "waiting for the Certificate and the caBundle"
+  k -n "$NAMESPACE" wait "certificate/$FULLNAME-serving-cert" --for=condition=Ready --timeout=2m >&2 ||
+    diagnose "Certificate $FULLNAME-serving-cert not Ready"
+  k wait "mutatingwebhookconfiguration/$FULLNAME" --for=jsonpath='{.webhooks[0].clientConfig.caBundle}' --timeout=2m >&2 ||
+    diagnose "cainjector did not inject the caBundle"
+  # Every webhook's caBundle is the serving Secret's CA (after an upgrade
+  # from secret mode, the old bundle may still be there for a moment).
+  bundle_is_ca() {
+    local ca n bundles
+    ca=$(k -n "$NAMESPACE" get secret "$FULLNAME-serving-cert" -o 'jsonpath={.data.ca\.crt}') && [ -n "$ca" ] || return 1
+    n=$(k get mutatingwebhookconfiguration "$FULLNAME" -o 'jsonpath={range .webhooks[*]}x{end}')
+    bundles=$(k get mutatingwebhookconfiguration "$FULLNAME" -o 'jsonpath={range .webhooks[*]}{.clientConfig.caBundle}{"\n"}{end}')
+    [ -n "$n" ] && [ "$(grep -cxF -- "$ca" <<<"$bundles")" = "${#n}" ]
+  }
+  wait_for 60 "the caBundle to be the CA of Secret $FULLNAME-serving-cert" bundle_is_ca ||
+    diagnose "the webhook's caBundle is not the CA of Secret $FULLNAME-serving-cert"
+fi
+phase "waiting for the rollout"
+k -n "$NAMESPACE" rollout status "deployment/$FULLNAME" --timeout=3m >&2 || diagnose "deployment $FULLNAME not rolled out"
+ready=$(k -n "$NAMESPACE" get deployment "$FULLNAME" -o 'jsonpath={.status.readyReplicas}/{.spec.replicas}')
+[ "${ready%/*}" = "${ready#*/}" ] || diagnose "deployment $FULLNAME: $ready replicas Ready"
+
+# 5. Ready means admission works: the API server reaches the webhook through
 # its Service (kube-proxy, TLS against the caBundle) and the pod comes back
 # injected. A server-side dry run stores nothing.
 phase "waiting until the webhook injects (server-side dry run)"
@@ -142,4 +191,4 @@ until out=$(probe 2>&1) && [ -n "$out" ]; do
   fi
   sleep 1
 done
-phase "podmeta is installed in namespace $NAMESPACE and injecting"
+phase "podmeta is installed in namespace $NAMESPACE ($CERT_MODE certificates, $ready replicas Ready) and injecting"

@@ -18,14 +18,12 @@
 package tests
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,25 +34,20 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/podmeta/podmeta/e2e/certmanager"
 )
 
 var (
-	certGVR   = schema.GroupVersionResource{Group: "cert-manager.io", Version: "v1", Resource: "certificates"}
-	issuerGVR = schema.GroupVersionResource{Group: "cert-manager.io", Version: "v1", Resource: "issuers"}
+	certGVR   = certmanager.CertificateGVR
+	issuerGVR = certmanager.IssuerGVR
 )
 
 func binary(t *testing.T, env, cached string) string {
@@ -103,7 +96,7 @@ type controlPlane struct {
 	cfg        *rest.Config
 	client     kubernetes.Interface
 	dyn        dynamic.Interface
-	mapper     *restmapper.DeferredDiscoveryRESTMapper
+	applier    *certmanager.Applier
 }
 
 func startControlPlane(t *testing.T, ctx context.Context) *controlPlane {
@@ -152,43 +145,15 @@ current-context: local
 		return err == nil && string(body) == "ok", nil
 	})
 	require.NoError(t, err, "kube-apiserver not ready")
-	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	cp.applier, err = certmanager.NewApplier(cfg, "podmeta-test")
 	require.NoError(t, err)
-	cp.mapper = restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
 	return cp
 }
 
 // apply server-side-applies every object of a multi-document YAML.
 func (cp *controlPlane) apply(t *testing.T, ctx context.Context, data []byte) {
 	t.Helper()
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
-	for {
-		var u unstructured.Unstructured
-		err := dec.Decode(&u.Object)
-		if err == io.EOF {
-			return
-		}
-		require.NoError(t, err)
-		if len(u.Object) == 0 {
-			continue
-		}
-		gvk := u.GroupVersionKind()
-		m, err := cp.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-		if meta.IsNoMatchError(err) {
-			cp.mapper.Reset()
-			m, err = cp.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-		}
-		require.NoError(t, err, "%s", gvk)
-		var ri dynamic.ResourceInterface = cp.dyn.Resource(m.Resource)
-		if m.Scope.Name() == meta.RESTScopeNameNamespace {
-			ri = cp.dyn.Resource(m.Resource).Namespace(u.GetNamespace())
-		}
-		body, err := u.MarshalJSON()
-		require.NoError(t, err)
-		force := true
-		_, err = ri.Patch(ctx, u.GetName(), types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: "podmeta-test", Force: &force})
-		require.NoError(t, err, "apply %s %s", gvk.Kind, u.GetName())
-	}
+	require.NoError(t, cp.applier.Apply(ctx, data))
 }
 
 func (cp *controlPlane) helm(t *testing.T, major string, args ...string) string {
@@ -203,22 +168,8 @@ func (cp *controlPlane) helm(t *testing.T, major string, args ...string) string 
 
 func (cp *controlPlane) waitReady(t *testing.T, ctx context.Context, ns, name string) {
 	t.Helper()
-	var last any
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		u, err := cp.dyn.Resource(certGVR).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		last, _, _ = unstructured.NestedSlice(u.Object, "status", "conditions")
-		conds, _ := last.([]any)
-		for _, c := range conds {
-			if m, _ := c.(map[string]any); m["type"] == "Ready" && m["status"] == "True" {
-				return true, nil
-			}
-		}
-		return false, nil
-	})
-	require.NoError(t, err, "Certificate %s/%s not Ready; conditions: %v", ns, name, last)
+	_, err := certmanager.WaitReady(ctx, cp.dyn, ns, name, time.Minute)
+	require.NoError(t, err)
 }
 
 func (cp *controlPlane) servingCert(t *testing.T, ctx context.Context, ns, name string) (leaf *x509.Certificate, ca []byte) {
@@ -235,16 +186,8 @@ func (cp *controlPlane) servingCert(t *testing.T, ctx context.Context, ns, name 
 // caBundle waits for cainjector to fill the webhook configuration's caBundle.
 func (cp *controlPlane) caBundle(t *testing.T, ctx context.Context, name string) []byte {
 	t.Helper()
-	var bundle []byte
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		mwc, err := cp.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		bundle = mwc.Webhooks[0].ClientConfig.CABundle
-		return len(bundle) > 0, nil
-	})
-	require.NoError(t, err, "caBundle of %s never injected", name)
+	bundle, err := certmanager.WaitCABundle(ctx, cp.client, name, time.Minute)
+	require.NoError(t, err)
 	return bundle
 }
 
@@ -256,53 +199,15 @@ func verifies(t *testing.T, leaf *x509.Certificate, bundle []byte, dnsName strin
 	require.NoError(t, err, "the serving certificate does not verify against the caBundle for %s", dnsName)
 }
 
-// renew forces a renewal the way `cmctl renew` does: an Issuing condition.
-func (cp *controlPlane) renew(t *testing.T, ctx context.Context, ns, name string) {
-	t.Helper()
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		u, err := cp.dyn.Resource(certGVR).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		old, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-		var conds []any
-		for _, c := range old {
-			if m, _ := c.(map[string]any); m["type"] != "Issuing" {
-				conds = append(conds, c)
-			}
-		}
-		conds = append(conds, map[string]any{
-			"type": "Issuing", "status": "True", "reason": "ManuallyTriggered",
-			"message":            "renewal forced by podmeta's chart test",
-			"lastTransitionTime": time.Now().UTC().Format(time.RFC3339),
-		})
-		require.NoError(t, unstructured.SetNestedSlice(u.Object, conds, "status", "conditions"))
-		_, err = cp.dyn.Resource(certGVR).Namespace(ns).UpdateStatus(ctx, u, metav1.UpdateOptions{})
-		if apierrors.IsConflict(err) {
-			return false, nil
-		}
-		return err == nil, err
-	})
-	require.NoError(t, err, "forcing renewal of %s/%s", ns, name)
-}
-
 func TestWithCertManager(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	cp := startControlPlane(t, ctx)
 
-	// cert-manager: CRDs from the module version hack/certmanager builds,
-	// then its controller and cainjector as local processes.
-	crdDir := script(t, "../../../hack/tools/certmanager.sh", "CRDS=1")
-	crds, err := filepath.Glob(filepath.Join(crdDir, "*.yaml"))
-	require.NoError(t, err)
-	require.NotEmpty(t, crds, "no CRDs in %s", crdDir)
-	for _, f := range crds {
-		data, err := os.ReadFile(f)
-		require.NoError(t, err)
-		cp.apply(t, ctx, data)
-	}
-	cp.mapper.Reset()
+	// cert-manager: CRDs from the module version hack/certmanager builds
+	// (the e2e suite's code), then its controller and cainjector as local
+	// processes.
+	require.NoError(t, certmanager.InstallCRDs(ctx, cp.applier, "../../.."))
 	// Where ClusterIssuers keep their Secrets (--cluster-resource-namespace).
 	cp.apply(t, ctx, []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: cert-manager}\n"))
 	bin := script(t, "../../../hack/tools/certmanager.sh")
@@ -329,7 +234,7 @@ func TestWithCertManager(t *testing.T) {
 		bundle := cp.caBundle(t, ctx, "podmeta")
 		// NotBefore has one-second resolution; make the renewal observable.
 		time.Sleep(time.Until(old.NotBefore.Add(1100 * time.Millisecond)))
-		cp.renew(t, ctx, ns, "podmeta-serving-cert")
+		require.NoError(t, certmanager.Renew(ctx, cp.dyn, ns, "podmeta-serving-cert"))
 		var renewed *x509.Certificate
 		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 			renewed, _ = cp.servingCert(t, ctx, ns, "podmeta-serving-cert")

@@ -56,8 +56,11 @@ require (
 
 require (
 	github.com/podmeta/podmeta v0.0.0
+	github.com/podmeta/podmeta/e2e v0.0.0
 	k8s.io/apimachinery v0.37.2
 	k8s.io/client-go v0.37.2
 )
 
 replace github.com/podmeta/podmeta => ../../..
+
+replace github.com/podmeta/podmeta/e2e => ../../../e2e

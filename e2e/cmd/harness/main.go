@@ -1,9 +1,11 @@
 // Command harness is the Go half of the local cluster harness
 // (hack/cluster/*.sh): it generates the cluster's PKI and builds the container
-// images, the two jobs that are easier and safer in Go than in shell.
+// images, and makes sure cert-manager runs in the cluster (hack/e2e/deploy.sh),
+// the jobs that are easier and safer in Go than in shell.
 //
-//	harness pki    -dir DIR -node-name N -node-ip IP -service-ip IP -internal-url U -external-url U [-extra-ip IP]...
-//	harness images -repo-root DIR -out DIR [-registry R] [-tag T] [NAME...]
+//	harness pki         -dir DIR -node-name N -node-ip IP -service-ip IP -internal-url U -external-url U [-extra-ip IP]...
+//	harness images      -repo-root DIR -out DIR [-registry R] [-tag T] [NAME...]
+//	harness certmanager -repo-root DIR -image REF [-install=false] [-timeout D]   (cluster: KUBECONFIG)
 package main
 
 import (
@@ -19,7 +21,11 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/podmeta/podmeta/e2e/certmanager"
 	"github.com/podmeta/podmeta/e2e/internal/imagebuild"
 	"github.com/podmeta/podmeta/e2e/internal/pki"
 )
@@ -46,15 +52,17 @@ var Images = map[string]imagebuild.Spec{
 // Run is the whole command, testable without a process.
 func Run(ctx context.Context, stdout io.Writer, args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: harness pki|images [flags]")
+		return errors.New("usage: harness pki|images|certmanager [flags]")
 	}
 	switch args[0] {
 	case "pki":
 		return runPKI(args[1:])
 	case "images":
 		return runImages(ctx, stdout, args[1:])
+	case "certmanager":
+		return runCertManager(ctx, stdout, args[1:])
 	default:
-		return fmt.Errorf("unknown subcommand %q (want pki or images)", args[0])
+		return fmt.Errorf("unknown subcommand %q (want pki, images or certmanager)", args[0])
 	}
 }
 
@@ -148,4 +156,30 @@ func known() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// runCertManager makes sure cert-manager runs in the cluster KUBECONFIG names:
+// the cluster's own if it has one, else hack/certmanager's test build from
+// -image (certmanager.Ensure, the same code e2e/chart uses).
+func runCertManager(ctx context.Context, stdout io.Writer, args []string) error {
+	fs := flag.NewFlagSet("certmanager", flag.ContinueOnError)
+	in := certmanager.Install{Allowed: true}
+	fs.StringVar(&in.RepoRoot, "repo-root", ".", "repository root (hack/tools/certmanager.sh, hack/certmanager/deploy.yaml)")
+	fs.StringVar(&in.Image, "image", "", "image of hack/certmanager's test build, already in the cluster")
+	fs.BoolVar(&in.Allowed, "install", true, "install the test build when the cluster has no cert-manager; false: fail instead")
+	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if in.Allowed && in.Image == "" {
+		return errors.New("certmanager: -image is required (or -install=false)")
+	}
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(clientcmd.NewDefaultClientConfigLoadingRules(), nil).ClientConfig()
+	if err != nil {
+		return fmt.Errorf("certmanager: no cluster (set KUBECONFIG): %w", err)
+	}
+	in.Logf = func(format string, a ...any) { fmt.Fprintf(stdout, "certmanager: "+format+"\n", a...) }
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	return certmanager.Ensure(ctx, cfg, in)
 }
