@@ -134,7 +134,30 @@ func BenchmarkMutatePatch(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
+				if _, err := patch.Marshal(ops); err != nil {
+					b.Fatal(err)
+				}
+			})
+		})
+		// Encoding the patch alone: patch.Marshal against encoding/json.
+		m, _, err := mutate.Pod(&pod, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ops, err := patch.Pod(&pod, m)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(name+"/encode-patch/encoding-json", func(b *testing.B) {
+			loop(b, func() {
 				if _, err := json.Marshal(ops); err != nil {
+					b.Fatal(err)
+				}
+			})
+		})
+		b.Run(name+"/encode-patch/patch.Marshal", func(b *testing.B) {
+			loop(b, func() {
+				if _, err := patch.Marshal(ops); err != nil {
 					b.Fatal(err)
 				}
 			})

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/prometheus/client_golang/prometheus"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -199,12 +200,18 @@ type podRequest struct {
 }
 
 // decode returns the review's type, its request and, for a request whose
-// object decodes as a Pod, that pod. Whatever does not fit the one-pass
-// shape (another kind of object, malformed input) takes the general path,
-// which also yields the precise error.
+// object decodes as a Pod, that pod.
+//
+// The fast path is encoding/json/v2 (github.com/go-json-experiment/json, the
+// standard library's v2 from Go 1.27 on): it decodes a typed Pod about twice
+// as fast as encoding/json and, by default, matches names case-sensitively
+// like the API server, and rejects duplicate names and invalid UTF-8.
+// Anything it refuses (another kind of object, malformed or merely unusual
+// input) takes the general path, the API server's own decoder
+// (sigs.k8s.io/json), which also yields the precise error.
 func decode(body []byte) (metav1.TypeMeta, *admissionv1.AdmissionRequest, *corev1.Pod, error) {
 	var pr podReview
-	if err := unmarshal(body, &pr); err == nil {
+	if err := jsonv2.Unmarshal(body, &pr); err == nil {
 		if pr.Request == nil {
 			return pr.TypeMeta, nil, nil, nil
 		}
@@ -286,7 +293,7 @@ func (h *handler) review(req *admissionv1.AdmissionRequest, pod *corev1.Pod) (st
 		log(slog.LevelDebug, "pod already injected", slog.Any("injected", report.Injected))
 		return OutcomeUnchanged, allowed, nil
 	}
-	p, err := json.Marshal(ops)
+	p, err := patch.Marshal(ops)
 	if err != nil {
 		return OutcomeServerError, nil, fmt.Errorf("encode patch: %w", err)
 	}

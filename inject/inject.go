@@ -110,7 +110,7 @@ func document(body []byte, doc *int, cfg mutate.Config, res *Result) ([]byte, bo
 	if len(ops) == 0 {
 		return nil, false, nil
 	}
-	raw, err := json.Marshal(ops)
+	raw, err := patch.Marshal(ops)
 	if err != nil {
 		return nil, false, fmt.Errorf("%s: encode patch: %w", targets[0].where, err)
 	}

@@ -75,7 +75,7 @@ func FuzzAnnotations(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, _ := json.Marshal(ops)
+		p := marshalPatch(t, ops)
 		jp, err := jsonpatch.DecodePatch(p)
 		if err != nil {
 			t.Fatal(err)
@@ -228,7 +228,7 @@ func FuzzPodShapes(f *testing.F) {
 				t.Fatalf("op %s at %s", op.Op, op.Path)
 			}
 		}
-		p, _ := json.Marshal(ops)
+		p := marshalPatch(t, ops)
 		jp, err := jsonpatch.DecodePatch(p)
 		if err != nil {
 			t.Fatal(err)

@@ -94,8 +94,7 @@ func checkPatch(t *testing.T, base string, raw []byte, pod, mutated *corev1.Pod)
 	for _, op := range ops {
 		assert.Equal(t, "add", op.Op, "op at %s", op.Path)
 	}
-	p, err := json.Marshal(ops)
-	require.NoError(t, err)
+	p := marshalPatch(t, ops)
 	if ops == nil {
 		ops = []patch.Operation{}
 	}
@@ -188,4 +187,26 @@ func checkGolden(t *testing.T, path string, got []byte) {
 	want, err := os.ReadFile(path)
 	require.NoError(t, err, "missing golden file; run go test ./mutate -update")
 	assert.Equal(t, string(want), string(got), "%s differs; run go test ./mutate -update and review the diff", path)
+}
+
+// marshalPatch encodes ops as the webhook does (patch.Marshal) and holds it
+// to encoding/json's bytes, so every golden and fuzzed pod also checks the
+// hand-written encoder.
+func marshalPatch(t testing.TB, ops []patch.Operation) []byte {
+	t.Helper()
+	p, err := patch.Marshal(ops)
+	if err != nil {
+		t.Fatalf("patch.Marshal: %v", err)
+	}
+	want, err := json.Marshal(ops)
+	if err != nil {
+		t.Fatalf("json.Marshal: %v", err)
+	}
+	if len(ops) == 0 {
+		want = []byte("[]") // a patch document, where encoding/json writes null for nil
+	}
+	if string(p) != string(want) {
+		t.Fatalf("patch.Marshal differs from encoding/json:\n got: %s\nwant: %s", p, want)
+	}
+	return p
 }

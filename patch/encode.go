@@ -1,0 +1,270 @@
+package patch
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+)
+
+// Marshal encodes ops as a JSON Patch document, byte for byte what
+// encoding/json.Marshal(ops) gives (the tests hold it to that).
+//
+// Why not just json.Marshal: the values podmeta adds by the dozen per pod
+// (env vars, mounts, the downwardAPI volume's items) are large Kubernetes
+// structs that are almost entirely empty, and encoding/json visits every
+// field of them by reflection; that made encoding the patch the costliest
+// step of a review after decoding the pod. Those shapes are written here
+// directly. Anything else, or any of them with a field this file does not
+// write (a user's env var from secretKeyRef, a field newer than this code),
+// goes to encoding/json, so the output never loses a field.
+func Marshal(ops []Operation) ([]byte, error) {
+	b := make([]byte, 0, 64+256*len(ops))
+	b = append(b, '[')
+	for i := range ops {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"op":`...)
+		b = appendString(b, ops[i].Op)
+		b = append(b, `,"path":`...)
+		b = appendString(b, ops[i].Path)
+		b = append(b, `,"value":`...)
+		var err error
+		if b, err = appendValue(b, ops[i].Value); err != nil {
+			return nil, fmt.Errorf("encode patch operation %s %s: %w", ops[i].Op, ops[i].Path, err)
+		}
+		b = append(b, '}')
+	}
+	return append(b, ']'), nil
+}
+
+func appendValue(b []byte, v any) ([]byte, error) {
+	n := len(b)
+	ok := false
+	switch v := v.(type) {
+	case string:
+		return appendString(b, v), nil
+	case map[string]string:
+		return appendStringMap(b, v), nil
+	case *corev1.EnvVar:
+		if v != nil {
+			b, ok = appendEnvVar(b, v)
+		}
+	case []corev1.EnvVar:
+		b, ok = appendList(b, v, appendEnvVar)
+	case *corev1.VolumeMount:
+		if v != nil {
+			b, ok = appendVolumeMount(b, v)
+		}
+	case []corev1.VolumeMount:
+		b, ok = appendList(b, v, appendVolumeMount)
+	case *corev1.Volume:
+		if v != nil {
+			b, ok = appendVolume(b, v)
+		}
+	case []corev1.Volume:
+		b, ok = appendList(b, v, appendVolume)
+	}
+	if ok {
+		return b, nil
+	}
+	// Not a shape written above (nil pointers included): encoding/json.
+	enc, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return append(b[:n], enc...), nil
+}
+
+// appendList writes a JSON array, or reports false if one element has a
+// shape the writer does not know (nil encodes as null, like encoding/json).
+func appendList[T any](b []byte, list []T, one func([]byte, *T) ([]byte, bool)) ([]byte, bool) {
+	if list == nil {
+		return append(b, "null"...), true
+	}
+	b = append(b, '[')
+	for i := range list {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		var ok bool
+		if b, ok = one(b, &list[i]); !ok {
+			return b, false
+		}
+	}
+	return append(b, ']'), true
+}
+
+// Field order and omitempty below follow the struct definitions in
+// k8s.io/api/core/v1, as encoding/json does; TestFastPathKnowsEveryField
+// fails when a k8s.io/api upgrade adds a field to one of these types.
+
+func appendEnvVar(b []byte, e *corev1.EnvVar) ([]byte, bool) {
+	b = append(b, `{"name":`...)
+	b = appendString(b, e.Name)
+	if e.Value != "" {
+		b = append(b, `,"value":`...)
+		b = appendString(b, e.Value)
+	}
+	if s := e.ValueFrom; s != nil {
+		if s.ConfigMapKeyRef != nil || s.SecretKeyRef != nil || s.FileKeyRef != nil {
+			return b, false
+		}
+		b = append(b, `,"valueFrom":{`...)
+		comma := false
+		if s.FieldRef != nil {
+			b = append(b, `"fieldRef":`...)
+			b = appendFieldSelector(b, s.FieldRef)
+			comma = true
+		}
+		if s.ResourceFieldRef != nil {
+			if comma {
+				b = append(b, ',')
+			}
+			b = append(b, `"resourceFieldRef":`...)
+			var ok bool
+			if b, ok = appendResourceSelector(b, s.ResourceFieldRef); !ok {
+				return b, false
+			}
+		}
+		b = append(b, '}')
+	}
+	return append(b, '}'), true
+}
+
+func appendFieldSelector(b []byte, s *corev1.ObjectFieldSelector) []byte {
+	b = append(b, '{')
+	if s.APIVersion != "" {
+		b = append(b, `"apiVersion":`...)
+		b = appendString(b, s.APIVersion)
+		b = append(b, ',')
+	}
+	b = append(b, `"fieldPath":`...)
+	b = appendString(b, s.FieldPath)
+	return append(b, '}')
+}
+
+func appendResourceSelector(b []byte, s *corev1.ResourceFieldSelector) ([]byte, bool) {
+	b = append(b, '{')
+	if s.ContainerName != "" {
+		b = append(b, `"containerName":`...)
+		b = appendString(b, s.ContainerName)
+		b = append(b, ',')
+	}
+	b = append(b, `"resource":`...)
+	b = appendString(b, s.Resource)
+	// omitempty never omits a struct: encoding/json always writes divisor.
+	b = append(b, `,"divisor":`...)
+	b, ok := appendQuantity(b, &s.Divisor)
+	return append(b, '}'), ok
+}
+
+func appendQuantity(b []byte, q *resource.Quantity) ([]byte, bool) {
+	enc, err := q.MarshalJSON()
+	if err != nil {
+		return b, false
+	}
+	return append(b, enc...), true
+}
+
+func appendVolumeMount(b []byte, m *corev1.VolumeMount) ([]byte, bool) {
+	if m.RecursiveReadOnly != nil || m.MountPropagation != nil || m.BindMountOptions != nil {
+		return b, false
+	}
+	b = append(b, `{"name":`...)
+	b = appendString(b, m.Name)
+	if m.ReadOnly {
+		b = append(b, `,"readOnly":true`...)
+	}
+	b = append(b, `,"mountPath":`...)
+	b = appendString(b, m.MountPath)
+	if m.SubPath != "" {
+		b = append(b, `,"subPath":`...)
+		b = appendString(b, m.SubPath)
+	}
+	if m.SubPathExpr != "" {
+		b = append(b, `,"subPathExpr":`...)
+		b = appendString(b, m.SubPathExpr)
+	}
+	return append(b, '}'), true
+}
+
+// appendVolume writes a downwardAPI volume (the one podmeta adds); any
+// other volume source is left to encoding/json.
+func appendVolume(b []byte, v *corev1.Volume) ([]byte, bool) {
+	d := v.DownwardAPI
+	if d == nil || v.VolumeSource != (corev1.VolumeSource{DownwardAPI: d}) || d.DefaultMode != nil || d.DefaultUser != nil {
+		return b, false
+	}
+	b = append(b, `{"name":`...)
+	b = appendString(b, v.Name)
+	b = append(b, `,"downwardAPI":{`...)
+	if len(d.Items) > 0 {
+		b = append(b, `"items":[`...)
+		for i := range d.Items {
+			it := &d.Items[i]
+			if it.Mode != nil || it.User != nil {
+				return b, false
+			}
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"path":`...)
+			b = appendString(b, it.Path)
+			if it.FieldRef != nil {
+				b = append(b, `,"fieldRef":`...)
+				b = appendFieldSelector(b, it.FieldRef)
+			}
+			if it.ResourceFieldRef != nil {
+				b = append(b, `,"resourceFieldRef":`...)
+				var ok bool
+				if b, ok = appendResourceSelector(b, it.ResourceFieldRef); !ok {
+					return b, false
+				}
+			}
+			b = append(b, '}')
+		}
+		b = append(b, ']')
+	}
+	return append(b, "}}"...), true
+}
+
+func appendStringMap(b []byte, m map[string]string) []byte {
+	if m == nil {
+		return append(b, "null"...)
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	b = append(b, '{')
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, k)
+		b = append(b, ':')
+		b = appendString(b, m[k])
+	}
+	return append(b, '}')
+}
+
+// appendString quotes s. Printable ASCII without the characters
+// encoding/json escapes is copied as is; anything else (control
+// characters, <, >, &, non-ASCII, invalid UTF-8) is left to encoding/json so
+// the escaping is exactly its own.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			enc, _ := json.Marshal(s) // a string always encodes
+			return append(b, enc...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}

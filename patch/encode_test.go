@@ -1,0 +1,156 @@
+package patch
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+func fieldRef(path string) *corev1.EnvVarSource {
+	return &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: path}}
+}
+
+func resourceRef(container, res, divisor string) *corev1.EnvVarSource {
+	return &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: container, Resource: res, Divisor: resource.MustParse(divisor)}}
+}
+
+func downward(items ...corev1.DownwardAPIVolumeFile) *corev1.Volume {
+	return &corev1.Volume{Name: "podmeta", VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: items}}}
+}
+
+// TestMarshalMatchesEncodingJSON holds Marshal to encoding/json's exact
+// bytes, for the shapes it writes itself and for those it hands over.
+func TestMarshalMatchesEncodingJSON(t *testing.T) {
+	envs := []corev1.EnvVar{
+		{Name: "POD_NAME", ValueFrom: fieldRef("metadata.name")},
+		{Name: "CPU", ValueFrom: resourceRef("app", "requests.cpu", "1m")},
+		{Name: "MEM", ValueFrom: resourceRef("", "limits.memory", "1")},
+		{Name: "ZERO_DIVISOR", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.cpu"}}},
+		{Name: "URL", Value: "http://127.0.0.1:8001"},
+		{Name: "EMPTY"},
+		{Name: "BOTH", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}, ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.cpu"}}},
+		{Name: "EMPTY_SOURCE", ValueFrom: &corev1.EnvVarSource{}},
+		{Name: "SECRET", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{Key: "k", LocalObjectReference: corev1.LocalObjectReference{Name: "s"}}}},
+		{Name: "CM", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{Key: "k"}}},
+		{Name: "FILE", ValueFrom: &corev1.EnvVarSource{FileKeyRef: &corev1.FileKeySelector{Key: "k"}}},
+		{Name: "ESCAPES", Value: "a\"b\\c\n\t<tag>&amp; é ☃ \u2028 \x7f"},
+		{Name: "INVALID_UTF8", Value: "\xff\xfe"},
+	}
+	mounts := []corev1.VolumeMount{
+		{Name: "podmeta", MountPath: "/etc/podmeta", ReadOnly: true},
+		{Name: "data", MountPath: "/data", SubPath: "x", SubPathExpr: "$(POD)"},
+		{Name: "rro", MountPath: "/r", ReadOnly: true, RecursiveReadOnly: ptr(corev1.RecursiveReadOnlyEnabled)},
+		{Name: "prop", MountPath: "/p", MountPropagation: ptr(corev1.MountPropagationHostToContainer)},
+		{Name: "opts", MountPath: "/o", BindMountOptions: []string{"noexec"}},
+	}
+	items := []corev1.DownwardAPIVolumeFile{
+		{Path: "labels", FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.labels"}},
+		{Path: "app/cpu_limit", ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: "app", Resource: "limits.cpu", Divisor: resource.MustParse("1m")}},
+		{Path: "bare"},
+	}
+	values := map[string]any{
+		"string":             "true",
+		"string escapes":     "<&>\u2028\"",
+		"empty map":          map[string]string{},
+		"nil map":            map[string]string(nil),
+		"map":                map[string]string{"b": "2", "a": "1", "podmeta.io/status": `{"injected":["env"]}`, "é": "<"},
+		"nil env list":       []corev1.EnvVar(nil),
+		"empty env list":     []corev1.EnvVar{},
+		"env list":           envs,
+		"nil mount list":     []corev1.VolumeMount(nil),
+		"mount list":         mounts,
+		"downward volume":    downward(items...),
+		"downward no items":  downward(),
+		"downward with mode": &corev1.Volume{Name: "m", VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: items, DefaultMode: ptr(int32(0o444))}}},
+		"item with mode":     downward(corev1.DownwardAPIVolumeFile{Path: "x", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}, Mode: ptr(int32(0o400))}),
+		"downward and other": &corev1.Volume{Name: "x", VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{}, EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+		"empty dir volume":   &corev1.Volume{Name: "x", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+		"volume list":        []corev1.Volume{*downward(items...), {Name: "cfg", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{}}}},
+		"container":          &corev1.Container{Name: "podmeta-ambassador", Image: "x", Env: envs, VolumeMounts: mounts, RestartPolicy: ptr(corev1.ContainerRestartPolicyAlways)},
+		"container list":     []corev1.Container{{Name: "a"}},
+		"other type":         metav1.ObjectMeta{Name: "x"},
+		"nil":                nil,
+		"nil env":            (*corev1.EnvVar)(nil),
+		"nil mount":          (*corev1.VolumeMount)(nil),
+		"nil volume":         (*corev1.Volume)(nil),
+	}
+	for i := range envs {
+		values["env "+envs[i].Name] = &envs[i]
+	}
+	for i := range mounts {
+		values["mount "+mounts[i].Name] = &mounts[i]
+	}
+	for name, v := range values {
+		t.Run(name, func(t *testing.T) {
+			ops := []Operation{{Op: "add", Path: "/spec/x~1y", Value: v}, {Op: "add", Path: "/metadata/annotations/a<b", Value: "v"}}
+			want, err := json.Marshal(ops)
+			require.NoError(t, err)
+			got, err := Marshal(ops)
+			require.NoError(t, err)
+			assert.Equal(t, string(want), string(got))
+		})
+	}
+}
+
+func TestMarshalEmpty(t *testing.T) {
+	for _, ops := range [][]Operation{nil, {}} {
+		got, err := Marshal(ops)
+		require.NoError(t, err)
+		assert.Equal(t, "[]", string(got))
+	}
+}
+
+func TestMarshalError(t *testing.T) {
+	_, err := Marshal([]Operation{{Op: "add", Path: "/x", Value: func() {}}})
+	require.ErrorContains(t, err, "encode patch operation add /x: json: unsupported type: func()")
+}
+
+// TestFastPathKnowsEveryField fails when a k8s.io/api upgrade adds a field
+// to a type Marshal writes itself: teach encode.go the field (and its
+// fallback), then update the count here.
+func TestFastPathKnowsEveryField(t *testing.T) {
+	for typ, n := range map[reflect.Type]int{
+		reflect.TypeFor[corev1.EnvVar]():                  3,
+		reflect.TypeFor[corev1.EnvVarSource]():            5,
+		reflect.TypeFor[corev1.ObjectFieldSelector]():     2,
+		reflect.TypeFor[corev1.ResourceFieldSelector]():   3,
+		reflect.TypeFor[corev1.VolumeMount]():             8,
+		reflect.TypeFor[corev1.Volume]():                  2,
+		reflect.TypeFor[corev1.DownwardAPIVolumeSource](): 3,
+		reflect.TypeFor[corev1.DownwardAPIVolumeFile]():   5,
+	} {
+		assert.Equal(t, n, typ.NumField(), "%s has a new field: patch/encode.go must write it", typ)
+	}
+}
+
+// FuzzMarshal: any strings in the shapes written by hand encode exactly as
+// encoding/json encodes them.
+func FuzzMarshal(f *testing.F) {
+	f.Add("POD_NAME", "", "metadata.name", "app", "requests.cpu", "/etc/podmeta", "v1")
+	f.Add("A", "<v>&\u2028", "", "", "", "", "")
+	f.Add("\xff", "\x00\n", "é", "☃", "\"", "\\", "\x7f")
+	f.Fuzz(func(t *testing.T, name, value, field, container, res, path, api string) {
+		ops := []Operation{
+			{Op: "add", Path: path, Value: &corev1.EnvVar{Name: name, Value: value, ValueFrom: &corev1.EnvVarSource{
+				FieldRef:         &corev1.ObjectFieldSelector{APIVersion: api, FieldPath: field},
+				ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: container, Resource: res, Divisor: resource.MustParse("1m")},
+			}}},
+			{Op: "add", Path: name, Value: []corev1.VolumeMount{{Name: name, MountPath: path, SubPath: value, SubPathExpr: field, ReadOnly: len(value)%2 == 0}}},
+			{Op: "add", Path: value, Value: downward(corev1.DownwardAPIVolumeFile{Path: path, FieldRef: &corev1.ObjectFieldSelector{APIVersion: api, FieldPath: field}})},
+			{Op: "add", Path: field, Value: map[string]string{name: value, container: res}},
+		}
+		want, err := json.Marshal(ops)
+		require.NoError(t, err)
+		got, err := Marshal(ops)
+		require.NoError(t, err)
+		require.Equal(t, string(want), string(got))
+	})
+}
