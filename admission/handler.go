@@ -7,13 +7,13 @@ package admission
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"mime"
 	"net/http"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"time"
 
@@ -124,6 +124,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
+	// With a length, net/http writes the body as is; without one, a body
+	// over its 4 KiB buffer is sent chunked, with a terminating chunk.
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	_, _ = w.Write(body)
 }
 
@@ -174,10 +177,7 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) (string, []byte,
 		return outcome, nil, err
 	}
 	resp.UID = req.UID
-	body, err := json.Marshal(admissionv1.AdmissionReview{
-		TypeMeta: typ,
-		Response: resp,
-	})
+	body, err := encodeReview(typ, resp)
 	if err != nil {
 		return OutcomeServerError, nil, fmt.Errorf("encode AdmissionReview: %w", err)
 	}
@@ -303,7 +303,7 @@ func (h *handler) review(req *admissionv1.AdmissionRequest, pod *corev1.Pod) (st
 	pt := admissionv1.PatchTypeJSONPatch
 	allowed.Patch = p
 	allowed.PatchType = &pt
-	log(slog.LevelInfo, "pod injected", slog.Any("injected", report.Injected), slog.Any("containers", report.Containers),
+	log(slog.LevelDebug, "pod injected", slog.Any("injected", report.Injected), slog.Any("containers", report.Containers),
 		slog.Int("skips", len(report.Skips)), slog.Int("ops", len(ops)))
 	return OutcomePatched, allowed, nil
 }

@@ -289,17 +289,42 @@ func TestNewHandler(t *testing.T) {
 	assert.Equal(t, http.StatusOK, rec.Code)
 }
 
-// TestLogs: one info line per injection decision, JSON.
+// TestLogs: at info, a denial is one JSON line and an injection none (the
+// pod's status annotation and the metrics record those; a line per pod
+// creation costs a write on the hot path); at debug, every decision is a
+// line.
 func TestLogs(t *testing.T) {
-	var buf bytes.Buffer
-	h, err := NewHandler(mutate.DefaultConfig(), slog.New(slog.NewJSONHandler(&buf, nil)), nil)
-	require.NoError(t, err)
-	post(h, "application/json", review("uid-log", "CREATE", "Pod", optedInPod))
-	var line map[string]any
-	require.NoError(t, json.Unmarshal(buf.Bytes(), &line), buf.String())
-	assert.Equal(t, "pod injected", line["msg"])
-	assert.Equal(t, "uid-log", line["uid"])
-	assert.Equal(t, "web", line["name"])
+	lines := func(level slog.Level, pod string) []map[string]any {
+		var buf bytes.Buffer
+		h, err := NewHandler(mutate.DefaultConfig(), slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: level})), nil)
+		require.NoError(t, err)
+		post(h, "application/json", review("uid-log", "CREATE", "Pod", pod))
+		var out []map[string]any
+		for _, l := range bytes.Split(bytes.TrimSpace(buf.Bytes()), []byte("\n")) {
+			if len(l) == 0 {
+				continue
+			}
+			var line map[string]any
+			require.NoError(t, json.Unmarshal(l, &line), string(l))
+			out = append(out, line)
+		}
+		return out
+	}
+	assert.Empty(t, lines(slog.LevelInfo, optedInPod))
+
+	debug := lines(slog.LevelDebug, optedInPod)
+	require.Len(t, debug, 2)
+	assert.Equal(t, "admission review", debug[1]["msg"])
+	assert.Equal(t, OutcomePatched, debug[1]["outcome"])
+	assert.Equal(t, "pod injected", debug[0]["msg"])
+	assert.Equal(t, "uid-log", debug[0]["uid"])
+	assert.Equal(t, "web", debug[0]["name"])
+
+	denied := lines(slog.LevelInfo, `{"metadata":{"name":"bad","labels":{"podmeta.io/inject":"true"},"annotations":{"podmeta.io/env":"maybe"}},"spec":{"containers":[{"name":"app"}]}}`)
+	require.Len(t, denied, 1)
+	assert.Equal(t, "pod denied", denied[0]["msg"])
+	assert.Equal(t, "bad", denied[0]["name"])
+	assert.Contains(t, denied[0]["error"], "podmeta.io/env")
 }
 
 // TestConcurrentReviews: the handler and the config it shares are safe for
