@@ -177,10 +177,17 @@ func (in *injection) env() {
 	for i := range tmpl {
 		idx[tmpl[i].Name] = i
 	}
+	nres := 0
+	for _, r := range res {
+		if r != "" {
+			nres++
+		}
+	}
 	const absent = -1
 	at := make([]int, len(tmpl))
+	want := make([]corev1.EnvVar, len(tmpl))
 	for ci, c := range in.selected {
-		want := in.wantEnv(c, tmpl, res)
+		in.wantEnv(want, c, tmpl, res, nres)
 		for i := range at {
 			at[i] = absent
 		}
@@ -277,17 +284,25 @@ func (in *injection) envTemplate() (tmpl []corev1.EnvVar, res []string) {
 	return tmpl, res
 }
 
-// wantEnv is the template for container c: the resource entries read c's
-// own requests and limits.
-func (in *injection) wantEnv(c *corev1.Container, tmpl []corev1.EnvVar, res []string) []corev1.EnvVar {
-	want := make([]corev1.EnvVar, len(tmpl))
+// wantEnv fills want with the template for container c: the resource
+// entries read c's own requests and limits. want is scratch space reused
+// across containers (env copies the entries it adds); the sources it points
+// to are new and stay with c.
+func (in *injection) wantEnv(want []corev1.EnvVar, c *corev1.Container, tmpl []corev1.EnvVar, res []string, nres int) {
 	copy(want, tmpl)
+	if nres == 0 {
+		return
+	}
+	// One allocation each for all of c's resource sources.
+	srcs := make([]corev1.EnvVarSource, 0, nres)
+	sels := make([]corev1.ResourceFieldSelector, 0, nres)
 	for i, r := range res {
 		if r != "" {
-			want[i].ValueFrom = resourceRef(c.Name, r)
+			sels = append(sels, resourceSelector(c.Name, r))
+			srcs = append(srcs, corev1.EnvVarSource{ResourceFieldRef: &sels[len(sels)-1]})
+			want[i].ValueFrom = &srcs[len(srcs)-1]
 		}
 	}
-	return want
 }
 
 func fieldRef(path string) *corev1.EnvVarSource {
@@ -300,16 +315,12 @@ var (
 	divisorMemory = resource.MustParse("1")
 )
 
-func resourceSelector(container, res string) *corev1.ResourceFieldSelector {
+func resourceSelector(container, res string) corev1.ResourceFieldSelector {
 	d := divisorMemory
 	if strings.HasSuffix(res, ".cpu") {
 		d = divisorCPU
 	}
-	return &corev1.ResourceFieldSelector{ContainerName: container, Resource: res, Divisor: d}
-}
-
-func resourceRef(container, res string) *corev1.EnvVarSource {
-	return &corev1.EnvVarSource{ResourceFieldRef: resourceSelector(container, res)}
+	return corev1.ResourceFieldSelector{ContainerName: container, Resource: res, Divisor: d}
 }
 
 // envMatches tells podmeta's own env var (from an earlier pass, possibly
@@ -453,9 +464,11 @@ func (in *injection) downwardAPI() *corev1.DownwardAPIVolumeSource {
 	for _, f := range podFiles {
 		items = append(items, corev1.DownwardAPIVolumeFile{Path: f.path, FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: f.field}})
 	}
+	sels := make([]corev1.ResourceFieldSelector, 0, len(containerFiles)*len(in.selected))
 	for _, c := range in.selected {
 		for _, f := range containerFiles {
-			items = append(items, corev1.DownwardAPIVolumeFile{Path: c.Name + "/" + f.file, ResourceFieldRef: resourceSelector(c.Name, f.resource)})
+			sels = append(sels, resourceSelector(c.Name, f.resource))
+			items = append(items, corev1.DownwardAPIVolumeFile{Path: c.Name + "/" + f.file, ResourceFieldRef: &sels[len(sels)-1]})
 		}
 	}
 	return &corev1.DownwardAPIVolumeSource{Items: items}

@@ -30,7 +30,7 @@ func Pod(orig, mutated *corev1.Pod) ([]Operation, error) {
 	if orig == mutated {
 		return nil, nil
 	}
-	var ops []Operation
+	ops := make([]Operation, 0, opsBound(orig, mutated))
 	var err error
 	ops, err = mapAdds(ops, "/metadata/labels", orig.Labels, mutated.Labels)
 	if err != nil {
@@ -48,7 +48,29 @@ func Pod(orig, mutated *corev1.Pod) ([]Operation, error) {
 	if err != nil {
 		return nil, err
 	}
-	return listAdds(ops, "/spec/volumes", orig.Spec.Volumes, mutated.Spec.Volumes, volumeName, nil)
+	ops, err = listAdds(ops, "/spec/volumes", orig.Spec.Volumes, mutated.Spec.Volumes, volumeName, nil)
+	if err != nil || len(ops) == 0 {
+		return nil, err
+	}
+	return ops, nil
+}
+
+// opsBound is an upper bound of the number of operations when the lists
+// exist in orig (one op per added element; a list added whole is one op), so
+// ops is allocated once: a pod gets dozens of env vars.
+func opsBound(orig, mutated *corev1.Pod) int {
+	n := 2 + len(mutated.Spec.Volumes) - len(orig.Spec.Volumes)
+	for _, c := range [][]corev1.Container{mutated.Spec.InitContainers, mutated.Spec.Containers} {
+		for i := range c {
+			n += 1 + len(c[i].Env) + len(c[i].VolumeMounts)
+		}
+	}
+	for _, c := range [][]corev1.Container{orig.Spec.InitContainers, orig.Spec.Containers} {
+		for i := range c {
+			n -= 1 + len(c[i].Env) + len(c[i].VolumeMounts)
+		}
+	}
+	return max(n, 0)
 }
 
 func containerName(c *corev1.Container) string { return c.Name }
