@@ -533,6 +533,7 @@ func TestServeErrors(t *testing.T) {
 		{"bad log level", append(base, "--log-level", "loud"), `invalid log level "loud"`, true},
 		{"bad TLS version", append(base, "--tls-min-version", "1.1"), `--tls-min-version "1.1": want 1.2 or 1.3`, true},
 		{"zero grace", append(base, "--shutdown-grace", "0s"), "--shutdown-grace must be positive", true},
+		{"negative max in flight", append(base, "--max-in-flight", "-1"), "--max-in-flight must not be negative, got -1", true},
 		{"missing config file", append(base, "--config", filepath.Join(tmp, "nope.yaml")), "read --config: open " + filepath.Join(tmp, "nope.yaml") + ": no such file or directory", false},
 		{"unknown config key", append(base, "--config", write("typo.yaml", "mountPath: /x\nenvPrefixx: A_\n")), `unknown field "envPrefixx"`, false},
 		{"invalid config value", append(base, "--config", write("bad.yaml", "mountPath: relative\n")), "mountPath", false},

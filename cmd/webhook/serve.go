@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +32,7 @@ type serveOptions struct {
 	logLevel              string
 	shutdownDelay         time.Duration
 	shutdownGrace         time.Duration
+	maxInFlight           int
 }
 
 func parseServeFlags(args []string, stderr io.Writer) (serveOptions, error) {
@@ -53,6 +55,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveOptions, error) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, keep serving this long with /readyz failing before closing the listener, so load balancers stop sending first")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 25*time.Second, "on SIGTERM, wait at most this long for in-flight reviews after closing the listener")
+	fs.IntVar(&o.maxInFlight, "max-in-flight", 0, "reviews handled at once, the others wait their turn (bounds memory under bursts; 0: 4 per CPU the process may use)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return o, err
@@ -68,6 +71,11 @@ func parseServeFlags(args []string, stderr io.Writer) (serveOptions, error) {
 		return o, usageError{fmt.Errorf("serve: --shutdown-grace must be positive, got %s", o.shutdownGrace)}
 	case o.shutdownDelay < 0:
 		return o, usageError{fmt.Errorf("serve: --shutdown-delay must not be negative, got %s", o.shutdownDelay)}
+	case o.maxInFlight < 0:
+		return o, usageError{fmt.Errorf("serve: --max-in-flight must not be negative, got %d", o.maxInFlight)}
+	}
+	if o.maxInFlight == 0 {
+		o.maxInFlight = 4 * runtime.GOMAXPROCS(0)
 	}
 	if _, err := tlsVersion(o.tlsMinVersion); err != nil {
 		return o, usageError{err}
@@ -111,6 +119,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	registerBuildInfo(reg)
 	handler, err := admission.NewHandler(cfg, log, reg)
 	if err != nil {
+		return err
+	}
+	if handler, err = limitInFlight(handler, o.maxInFlight, reg); err != nil {
 		return err
 	}
 	reloader, err := certs.New(certs.Options{
@@ -190,7 +201,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	log.Info("serving admission reviews",
 		"addr", ln.Addr().String(), "metrics_addr", mln.Addr().String(),
 		"version", info.Version, "commit", info.Commit,
-		"config", o.configFile, "tls_min_version", o.tlsMinVersion)
+		"config", o.configFile, "tls_min_version", o.tlsMinVersion, "max_in_flight", o.maxInFlight)
 
 	var runErr error
 	select {
