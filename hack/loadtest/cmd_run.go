@@ -87,6 +87,7 @@ type serverFlags struct {
 	path        string
 	cpu         int
 	workDir     string
+	nullJSON    string
 }
 
 func (s *serverFlags) register(fs *flag.FlagSet) {
@@ -95,6 +96,7 @@ func (s *serverFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.path, "path", "/mutate", "admission endpoint path")
 	fs.IntVar(&s.cpu, "server-cpu", -1, "pin servers to this CPU with taskset (-1: no pinning)")
 	fs.StringVar(&s.workDir, "work-dir", "", "keep certificates and server logs here (default: a temporary directory, removed)")
+	fs.StringVar(&s.nullJSON, "null-json", nullserver.JSONStd, "the null baseline's JSON decoder: "+nullserver.JSONStd+" or "+nullserver.JSONv2+" (the webhook's; see BENCHMARKS.md)")
 }
 
 func (s *serverFlags) setup(name string) (*scenario.Env, scenario.Servers, func(), error) {
@@ -125,7 +127,7 @@ func (s *serverFlags) setup(name string) (*scenario.Env, scenario.Servers, func(
 	}
 	return env, scenario.Servers{
 		WebhookArgv: []string{bin, "serve"}, WebhookArgs: s.webhookArgs, WebhookPath: s.path,
-		NullArgv: []string{self, "null"}, CPU: s.cpu,
+		NullArgv: []string{self, "null", "--json=" + s.nullJSON}, CPU: s.cpu,
 	}, cleanup, nil
 }
 

@@ -30,13 +30,17 @@ func BenchmarkHandler(b *testing.B) {
 	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	webhook, err := admission.NewHandler(mutate.DefaultConfig(), log, prometheus.NewRegistry())
 	require.NoError(b, err)
+	nullStd, err := nullserver.Handler(nullserver.JSONStd)
+	require.NoError(b, err)
+	nullV2, err := nullserver.Handler(nullserver.JSONv2)
+	require.NoError(b, err)
 	for _, size := range corpus.Sizes {
 		review, err := corpus.NewReview(size)
 		require.NoError(b, err)
 		for _, h := range []struct {
 			name    string
 			handler http.Handler
-		}{{"null", nullserver.Handler()}, {"webhook", webhook}} {
+		}{{"null", nullStd}, {"null-v2", nullV2}, {"webhook", webhook}} {
 			b.Run(size+"/"+h.name, func(b *testing.B) {
 				rng := rand.New(rand.NewPCG(1, 2))
 				var body []byte

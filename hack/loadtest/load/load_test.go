@@ -45,7 +45,17 @@ func review(t *testing.T, size string) *corpus.Review {
 }
 
 func TestNullServer(t *testing.T) {
-	srv, ca := server(t, nullserver.Handler())
+	for _, decoder := range []string{nullserver.JSONStd, nullserver.JSONv2} {
+		t.Run(decoder, func(t *testing.T) { testNullServer(t, decoder) })
+	}
+	_, err := nullserver.Handler("fast")
+	require.ErrorContains(t, err, `JSON decoder "fast": want encoding/json or v2`)
+}
+
+func testNullServer(t *testing.T, decoder string) {
+	h, err := nullserver.Handler(decoder)
+	require.NoError(t, err)
+	srv, ca := server(t, h)
 	var conns atomic.Int64
 	var measured []bool
 	res, err := Run(context.Background(), Config{
@@ -67,7 +77,7 @@ func TestNullServer(t *testing.T) {
 }
 
 func TestReconnectEvery(t *testing.T) {
-	srv, ca := server(t, nullserver.Handler())
+	srv, ca := server(t, nullHandler(t))
 	res, err := Run(context.Background(), Config{
 		URL: srv.URL, RootCAs: ca.Pool(), Review: review(t, "small"),
 		Workers: 1, Count: 40, ReconnectEvery: 5,
@@ -78,7 +88,7 @@ func TestReconnectEvery(t *testing.T) {
 }
 
 func TestRate(t *testing.T) {
-	srv, ca := server(t, nullserver.Handler())
+	srv, ca := server(t, nullHandler(t))
 	res, err := Run(context.Background(), Config{
 		URL: srv.URL, RootCAs: ca.Pool(), Review: review(t, "small"),
 		Workers: 4, Rate: 100, Duration: time.Second,
@@ -94,7 +104,7 @@ func TestRate(t *testing.T) {
 }
 
 func TestWrongCA(t *testing.T) {
-	srv, _ := server(t, nullserver.Handler())
+	srv, _ := server(t, nullHandler(t))
 	other, err := testcerts.NewCA()
 	require.NoError(t, err)
 	res, err := Run(context.Background(), Config{URL: srv.URL, RootCAs: other.Pool(), Review: review(t, "small"), Count: 3})
@@ -193,9 +203,10 @@ func TestValidation(t *testing.T) {
 // on a fresh connection and on a reused one alike.
 func TestDroppedRequests(t *testing.T) {
 	var n atomic.Int64
+	null := nullHandler(t)
 	srv, ca := server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if n.Add(1)%2 == 1 {
-			nullserver.Handler().ServeHTTP(w, r)
+			null.ServeHTTP(w, r)
 			return
 		}
 		_, _ = io.ReadAll(r.Body)
@@ -218,7 +229,7 @@ func TestDroppedRequests(t *testing.T) {
 func TestGracefulShutdownLosesNothing(t *testing.T) {
 	var served atomic.Int64
 	loaded := make(chan struct{})
-	null := nullserver.Handler()
+	null := nullHandler(t)
 	srv, ca := server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		null.ServeHTTP(w, r)
 		if served.Add(1) == 100 {
@@ -290,4 +301,10 @@ func TestConfigBounds(t *testing.T) {
 		assert.Error(t, err, name)
 	}
 	_ = fmt.Sprint()
+}
+
+func nullHandler(t *testing.T) http.Handler {
+	h, err := nullserver.Handler(nullserver.JSONStd)
+	require.NoError(t, err)
+	return h
 }

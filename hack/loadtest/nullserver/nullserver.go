@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+
+	jsonv2 "github.com/go-json-experiment/json"
 )
 
 // MaxBodyBytes matches the webhook's body limit.
@@ -38,8 +40,31 @@ var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // Handler answers every AdmissionReview with allowed: true and its UID.
 // It still decodes the whole body as JSON (skipping what it does not
 // need): a baseline that only scanned for the UID would not be a server
-// anyone could run, and would flatter nothing but the ratio.
-func Handler() http.Handler {
+// anyone could run, and would flatter nothing but the ratio. It decodes with
+// the standard library's encoding/json (JSONStd, the default: what the
+// least a Go webhook does costs) or with encoding/json/v2 (JSONv2, from
+// github.com/go-json-experiment/json), the decoder the webhook itself uses,
+// about twice as fast here: the stricter baseline of the two.
+func Handler(decoder string) (http.Handler, error) {
+	var unmarshal func([]byte, any) error
+	switch decoder {
+	case JSONStd:
+		unmarshal = json.Unmarshal
+	case JSONv2:
+		unmarshal = func(b []byte, v any) error { return jsonv2.Unmarshal(b, v) }
+	default:
+		return nil, fmt.Errorf("null: JSON decoder %q: want %s or %s", decoder, JSONStd, JSONv2)
+	}
+	return handler(unmarshal), nil
+}
+
+// The null handler's JSON decoders.
+const (
+	JSONStd = "encoding/json"
+	JSONv2  = "v2"
+)
+
+func handler(unmarshal func([]byte, any) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			http.Error(w, "POST only", http.StatusMethodNotAllowed)
@@ -58,7 +83,7 @@ func Handler() http.Handler {
 			return
 		}
 		var in review
-		if err := json.Unmarshal(buf.Bytes(), &in); err != nil || in.Request == nil {
+		if err := unmarshal(buf.Bytes(), &in); err != nil || in.Request == nil {
 			http.Error(w, fmt.Sprintf("decode admission review: %v", err), http.StatusBadRequest)
 			return
 		}

@@ -42,6 +42,7 @@ func Run(ctx context.Context, args []string, stderr io.Writer) error {
 	certFile := fs.String("tls-cert-file", "", "serving certificate (PEM)")
 	keyFile := fs.String("tls-key-file", "", "serving key (PEM)")
 	metricsListen := fs.String("metrics-listen", "127.0.0.1:8080", "HTTP address for /healthz and /readyz")
+	decoder := fs.String("json", JSONStd, "JSON decoder of the review: "+JSONStd+" (the standard library) or "+JSONv2+" (go-json-experiment, as the webhook)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -53,8 +54,12 @@ func Run(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("null: load serving certificate: %w", err)
 	}
 
+	h, err := Handler(*decoder)
+	if err != nil {
+		return err
+	}
 	mux := http.NewServeMux()
-	mux.Handle("POST /mutate", Handler())
+	mux.Handle("POST /mutate", h)
 	srv := &http.Server{
 		Handler:           mux,
 		TLSConfig:         tlsConfig(&cert),
