@@ -91,6 +91,10 @@ func printBench(w io.Writer, rep *scenario.BenchReport) {
 		n, w := rep.PeakRSS[scenario.Null+"/"+pod], rep.PeakRSS[scenario.Webhook+"/"+pod]
 		fmt.Fprintf(tw, "peak RSS (VmHWM), %s pod\t%s\t%s\t%.2f\t\n", pod, mib(n), mib(w), float64(w)/float64(max(n, 1)))
 	}
+	for _, pod := range rep.Config.Pods {
+		n, w := rep.PrivateRSS[scenario.Null+"/"+pod], rep.PrivateRSS[scenario.Webhook+"/"+pod]
+		fmt.Fprintf(tw, "private RSS (RssAnon) after, %s pod\t%s\t%s\t%.2f\t\n", pod, mib(n), mib(w), float64(w)/float64(max(n, 1)))
+	}
 	fmt.Fprintf(tw, "SIGTERM to exit, idle\t%s\t%s\t\t\n", us(rep.Shutdown[scenario.Null]), us(rep.Shutdown[scenario.Webhook]))
 	tw.Flush()
 	fmt.Fprintln(w)

@@ -39,7 +39,8 @@ fi
 out=${OUT:-$(mktemp -d -t podmeta-load-XXXXXX)}
 mkdir -p "$out/bin"
 echo "building into $out/bin" >&2
-go build -o "$out/bin/webhook" ./cmd/webhook
+# Built like the shipped image (e2e/internal/imagebuild): static, stripped.
+CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$out/bin/webhook" ./cmd/webhook
 go build -o "$out/bin/loadtest" ./hack/loadtest
 lt=$out/bin/loadtest
 wh=(--webhook-bin "$out/bin/webhook")

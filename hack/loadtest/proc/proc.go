@@ -53,9 +53,12 @@ func parseStat(b []byte) (time.Duration, error) {
 type Memory struct {
 	RSS  int64 // VmRSS: resident now
 	Peak int64 // VmHWM: the highest RSS since the process started
+	// Anon is RssAnon: the private part of RSS now (heap, stacks); the rest
+	// is mostly the binary's clean, shared, reclaimable file pages.
+	Anon int64
 }
 
-// ReadMemory reads VmRSS and VmHWM from /proc/PID/status.
+// ReadMemory reads VmRSS, VmHWM and RssAnon from /proc/PID/status.
 func ReadMemory(pid int) (Memory, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -74,6 +77,8 @@ func parseStatus(b []byte) (Memory, error) {
 			dst = &m.RSS
 		case bytes.HasPrefix(line, []byte("VmHWM:")):
 			dst = &m.Peak
+		case bytes.HasPrefix(line, []byte("RssAnon:")):
+			dst = &m.Anon
 		default:
 			continue
 		}
@@ -86,7 +91,9 @@ func parseStatus(b []byte) (Memory, error) {
 			return Memory{}, fmt.Errorf("parse /proc status %s: %w", f[0], err)
 		}
 		*dst = kb << 10
-		seen++
+		if dst != &m.Anon {
+			seen++
+		}
 	}
 	if seen != 2 {
 		return Memory{}, fmt.Errorf("parse /proc status: VmRSS or VmHWM missing (a kernel thread or a zombie?)")

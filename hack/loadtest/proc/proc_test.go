@@ -34,9 +34,14 @@ func TestParseStat(t *testing.T) {
 }
 
 func TestParseStatus(t *testing.T) {
-	m, err := parseStatus([]byte("Name:\twebhook\nVmPeak:\t 1000 kB\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\nThreads:\t7\n"))
+	m, err := parseStatus([]byte("Name:\twebhook\nVmPeak:\t 1000 kB\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\nRssAnon:\t    4096 kB\nRssFile:\t    6144 kB\nThreads:\t7\n"))
 	require.NoError(t, err)
-	assert.Equal(t, Memory{RSS: 10 << 20, Peak: 20 << 20}, m)
+	assert.Equal(t, Memory{RSS: 10 << 20, Peak: 20 << 20, Anon: 4 << 20}, m)
+
+	// RssAnon is optional (kernels before 4.5).
+	m, err = parseStatus([]byte("VmHWM:\t 2 kB\nVmRSS:\t 1 kB\n"))
+	require.NoError(t, err)
+	assert.Equal(t, Memory{RSS: 1 << 10, Peak: 2 << 10}, m)
 
 	_, err = parseStatus([]byte("Name:\tkthreadd\nThreads:\t1\n"))
 	assert.Error(t, err)

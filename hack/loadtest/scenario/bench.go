@@ -62,6 +62,9 @@ type BenchReport struct {
 	Ready        map[string][]time.Duration `json:"readyNs"`
 	ReadyMedian  map[string]time.Duration   `json:"readyMedianNs"`
 	PeakRSS      map[string]int64           `json:"peakRssBytes"` // by "target/pod"
+	// PrivateRSS is RssAnon right after a pod's last round (by
+	// "target/pod"): the heap and stacks, without the binary's file pages.
+	PrivateRSS map[string]int64 `json:"privateRssBytes"`
 	Shutdown     map[string]time.Duration   `json:"shutdownNs"`   // slowest idle SIGTERM to exit
 	Checks       []Check                    `json:"checks"`
 	ServerPinned int                        `json:"serverCpu"`
@@ -85,7 +88,7 @@ func Bench(ctx context.Context, e *Env, cfg BenchConfig) (*BenchReport, error) {
 	rep := &BenchReport{
 		Machine: DescribeMachine(), Config: cfg, ServerPinned: cfg.Servers.CPU,
 		Ready: map[string][]time.Duration{}, ReadyMedian: map[string]time.Duration{},
-		PeakRSS: map[string]int64{}, Shutdown: map[string]time.Duration{},
+		PeakRSS: map[string]int64{}, PrivateRSS: map[string]int64{}, Shutdown: map[string]time.Duration{},
 	}
 	progress := func(format string, a ...any) {
 		if cfg.Progress != nil {
@@ -162,6 +165,7 @@ func Bench(ctx context.Context, e *Env, cfg BenchConfig) (*BenchReport, error) {
 				return nil, err
 			}
 			rep.PeakRSS[name+"/"+pod] = mem.Peak
+			rep.PrivateRSS[name+"/"+pod] = mem.Anon
 			took, err := p.Terminate(30 * time.Second)
 			if err != nil {
 				return nil, fmt.Errorf("%w\n%s", err, e.LogTail(name))
