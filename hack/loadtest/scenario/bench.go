@@ -55,19 +55,19 @@ type Row struct {
 
 // BenchReport is the whole benchmark.
 type BenchReport struct {
-	Machine      Machine                    `json:"machine"`
-	Config       BenchConfig                `json:"-"`
-	Pairs        []Pair                     `json:"runs"`
-	Rows         []Row                      `json:"summary"`
-	Ready        map[string][]time.Duration `json:"readyNs"`
-	ReadyMedian  map[string]time.Duration   `json:"readyMedianNs"`
-	PeakRSS      map[string]int64           `json:"peakRssBytes"` // by "target/pod"
+	Machine     Machine                    `json:"machine"`
+	Config      BenchConfig                `json:"-"`
+	Pairs       []Pair                     `json:"runs"`
+	Rows        []Row                      `json:"summary"`
+	Ready       map[string][]time.Duration `json:"readyNs"`
+	ReadyMedian map[string]time.Duration   `json:"readyMedianNs"`
+	PeakRSS     map[string]int64           `json:"peakRssBytes"` // by "target/pod"
 	// PrivateRSS is RssAnon right after a pod's last round (by
 	// "target/pod"): the heap and stacks, without the binary's file pages.
-	PrivateRSS map[string]int64 `json:"privateRssBytes"`
-	Shutdown     map[string]time.Duration   `json:"shutdownNs"`   // slowest idle SIGTERM to exit
-	Checks       []Check                    `json:"checks"`
-	ServerPinned int                        `json:"serverCpu"`
+	PrivateRSS   map[string]int64         `json:"privateRssBytes"`
+	Shutdown     map[string]time.Duration `json:"shutdownNs"` // slowest idle SIGTERM to exit
+	Checks       []Check                  `json:"checks"`
+	ServerPinned int                      `json:"serverCpu"`
 }
 
 // Check is one of issue 6's targets.
