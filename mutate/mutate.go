@@ -369,6 +369,7 @@ func (in *injection) volume() {
 			return
 		}
 		in.mounts()
+		in.extendVolume(i)
 		in.report.Injected = append(in.report.Injected, PartVolume)
 		return
 	}
@@ -378,6 +379,37 @@ func (in *injection) volume() {
 	}
 	in.appendVolume(corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{DownwardAPI: in.downwardAPI()}})
 	in.report.Injected = append(in.report.Injected, PartVolume)
+}
+
+// extendVolume adds the resource files of containers the volume of an
+// earlier pass does not have yet: another mutating webhook may have added a
+// container since, and reinvocation gives that container the mount, so it
+// must find its own files there too. Existing items are never changed.
+func (in *injection) extendVolume(i int) {
+	old := in.pod.Spec.Volumes[i].DownwardAPI
+	have := make(map[string]bool, len(old.Items))
+	for _, it := range old.Items {
+		have[it.Path] = true
+	}
+	var add []corev1.DownwardAPIVolumeFile
+	for _, c := range in.selected {
+		for _, f := range containerFiles {
+			if p := c.Name + "/" + f.file; !have[p] {
+				sel := resourceSelector(c.Name, f.resource)
+				add = append(add, corev1.DownwardAPIVolumeFile{Path: p, ResourceFieldRef: &sel})
+			}
+		}
+	}
+	if len(add) == 0 {
+		return
+	}
+	// Copy-on-write down to the items: the input pod shares them.
+	d := *old
+	d.Items = append(slices.Clip(old.Items), add...)
+	vols := slices.Clone(in.pod.Spec.Volumes)
+	vols[i].DownwardAPI = &d
+	in.pod.Spec.Volumes = vols
+	in.changed = true
 }
 
 func (in *injection) appendVolume(v corev1.Volume) {

@@ -48,7 +48,7 @@ func Pod(orig, mutated *corev1.Pod) ([]Operation, error) {
 	if err != nil {
 		return nil, err
 	}
-	ops, err = listAdds(ops, "/spec/volumes", orig.Spec.Volumes, mutated.Spec.Volumes, volumeName, nil)
+	ops, err = listAdds(ops, "/spec/volumes", orig.Spec.Volumes, mutated.Spec.Volumes, volumeName, volumeAdds)
 	if err != nil || len(ops) == 0 {
 		return nil, err
 	}
@@ -77,6 +77,22 @@ func containerName(c *corev1.Container) string { return c.Name }
 func volumeName(v *corev1.Volume) string       { return v.Name }
 func envName(e *corev1.EnvVar) string          { return e.Name }
 func mountPath(m *corev1.VolumeMount) string   { return m.MountPath }
+
+// volumeAdds inserts the downwardAPI items a volume gained (podmeta's own
+// volume, extended on reinvocation); any other change of a volume's source
+// is not additive.
+func volumeAdds(ops []Operation, path string, o, m *corev1.Volume) ([]Operation, error) {
+	od, md := o.DownwardAPI, m.DownwardAPI
+	if od == nil || md == nil {
+		if od != md {
+			return nil, fmt.Errorf("%s: the volume source changed in the mutated pod", path)
+		}
+		return ops, nil
+	}
+	return listAdds(ops, path+"/downwardAPI/items", od.Items, md.Items, itemPath, nil)
+}
+
+func itemPath(f *corev1.DownwardAPIVolumeFile) string { return f.Path }
 
 func containerAdds(ops []Operation, path string, o, m *corev1.Container) ([]Operation, error) {
 	ops, err := listAdds(ops, path+"/env", o.Env, m.Env, envName, nil)

@@ -76,6 +76,36 @@ func TestRefusesNonAdditive(t *testing.T) {
 	assert.EqualError(t, err, `/spec/containers/0/env: element "U" of the original is missing or moved in the mutated pod`)
 	_, err = Pod(pod(map[string]string{"a": "1"}, nil), pod(map[string]string{"b": "1"}, nil))
 	assert.EqualError(t, err, `/metadata/annotations: key "a" of the original is missing in the mutated pod`)
+
+	withVolume := func(src corev1.VolumeSource) *corev1.Pod {
+		p := pod(nil, nil)
+		p.Spec.Volumes = []corev1.Volume{{Name: "v", VolumeSource: src}}
+		return p
+	}
+	downward := corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{}}
+	_, err = Pod(withVolume(corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}), withVolume(downward))
+	assert.EqualError(t, err, `/spec/volumes/0: the volume source changed in the mutated pod`)
+	_, err = Pod(withVolume(corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: []corev1.DownwardAPIVolumeFile{{Path: "a"}}}}), withVolume(downward))
+	assert.EqualError(t, err, `/spec/volumes/0/downwardAPI/items: element "a" of the original is missing or moved in the mutated pod`)
+}
+
+// TestVolumeItemsAdded: items a downwardAPI volume gained are inserted one
+// by one, the volume itself is not replaced.
+func TestVolumeItemsAdded(t *testing.T) {
+	items := func(paths ...string) *corev1.Pod {
+		p := pod(nil, nil)
+		d := &corev1.DownwardAPIVolumeSource{}
+		for _, path := range paths {
+			d.Items = append(d.Items, corev1.DownwardAPIVolumeFile{Path: path})
+		}
+		p.Spec.Volumes = []corev1.Volume{{Name: "other", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}, {Name: "podmeta", VolumeSource: corev1.VolumeSource{DownwardAPI: d}}}
+		return p
+	}
+	ops, err := Pod(items("labels", "app/cpu_limit"), items("labels", "app/cpu_limit", "late/cpu_limit"))
+	require.NoError(t, err)
+	b, err := json.Marshal(ops)
+	require.NoError(t, err)
+	assert.JSONEq(t, `[{"op":"add","path":"/spec/volumes/1/downwardAPI/items/2","value":{"path":"late/cpu_limit"}}]`, string(b))
 }
 
 func TestSamePodNoOps(t *testing.T) {
