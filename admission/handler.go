@@ -7,6 +7,7 @@ package admission
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -177,7 +178,10 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) (string, []byte,
 		return outcome, nil, err
 	}
 	resp.UID = req.UID
-	body, err := encodeReview(typ, resp)
+	body, err := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: typ,
+		Response: resp,
+	})
 	if err != nil {
 		return OutcomeServerError, nil, fmt.Errorf("encode AdmissionReview: %w", err)
 	}
