@@ -47,6 +47,7 @@ const (
 	OutcomeDenied      = "denied"       // invalid podmeta annotation
 	OutcomeBadRequest  = "bad_request"  // not a usable AdmissionReview
 	OutcomeServerError = "error"        // a bug: patch failure or panic
+	OutcomeAbandoned   = "abandoned"    // the client went away while the review waited for a slot
 )
 
 const admissionV1 = "admission.k8s.io/v1"
@@ -55,6 +56,8 @@ var tooLarge = &httpError{code: http.StatusRequestEntityTooLarge, msg: fmt.Sprin
 
 type handler struct {
 	cfg mutate.Config
+	// slots bounds the reviews decoded at once (nil: no bound).
+	slots chan struct{}
 	// mutate is mutate.Pod; tests replace it to exercise panic recovery.
 	mutate  func(*corev1.Pod, mutate.Config) (*corev1.Pod, mutate.Report, error)
 	log     *slog.Logger
@@ -62,10 +65,30 @@ type handler struct {
 	bufPool sync.Pool
 }
 
+// Option changes a handler's defaults.
+type Option func(*handler)
+
+// MaxInFlight lets at most n reviews be decoded, mutated and encoded at
+// once (n <= 0: no bound); the others wait in arrival order. A review's
+// memory is mostly its decoded pod and its patch (a few hundred KB for a
+// large pod), so under a burst memory follows n, not the number of
+// connections the API server opens. With n a few times GOMAXPROCS the CPUs
+// stay busy, so throughput does not change. A review waits only after its
+// body is read: a client that sends its body slowly holds no slot, and one
+// that goes away while waiting is noticed (net/http watches the connection
+// once the body is read) and dropped.
+func MaxInFlight(n int) Option {
+	return func(h *handler) {
+		if n > 0 {
+			h.slots = make(chan struct{}, n)
+		}
+	}
+}
+
 // NewHandler returns the POST handler for AdmissionReview v1 (the server
 // mounts it at /mutate). cfg is validated here; metrics are registered on
 // reg (nil: not registered anywhere).
-func NewHandler(cfg mutate.Config, logger *slog.Logger, reg prometheus.Registerer) (http.Handler, error) {
+func NewHandler(cfg mutate.Config, logger *slog.Logger, reg prometheus.Registerer, opts ...Option) (http.Handler, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("admission handler: %w", err)
 	}
@@ -78,6 +101,9 @@ func NewHandler(cfg mutate.Config, logger *slog.Logger, reg prometheus.Registere
 	}
 	h := &handler{cfg: cfg, mutate: mutate.Pod, log: logger, m: m}
 	h.bufPool.New = func() any { return new(bytes.Buffer) }
+	for _, o := range opts {
+		o(h)
+	}
 	return h, nil
 }
 
@@ -118,6 +144,8 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !errors.As(err, &he) {
 			he = &httpError{code: http.StatusInternalServerError, msg: "podmeta: internal error: " + err.Error()}
 			h.log.Error("admission review failed", "error", err)
+		} else if outcome == OutcomeAbandoned {
+			h.log.Warn("admission review abandoned: the client went away while it waited for a slot (overloaded? see --max-in-flight)", "remote", r.RemoteAddr)
 		} else {
 			h.log.Warn("bad admission request", "status", he.code, "error", he.msg, "remote", r.RemoteAddr)
 		}
@@ -160,6 +188,12 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) (string, []byte,
 		}
 		return OutcomeBadRequest, nil, badRequest("read request body: %v", err)
 	}
+	if h.slots != nil {
+		if !h.acquire(r.Context()) {
+			return OutcomeAbandoned, nil, &httpError{code: http.StatusServiceUnavailable, msg: "podmeta: the client went away while the review waited for a slot"}
+		}
+		defer func() { <-h.slots }()
+	}
 	typ, req, pod, err := decode(buf.Bytes())
 	if err != nil {
 		return OutcomeBadRequest, nil, err
@@ -186,6 +220,24 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) (string, []byte,
 		return OutcomeServerError, nil, fmt.Errorf("encode AdmissionReview: %w", err)
 	}
 	return outcome, body, nil
+}
+
+// acquire takes a slot, waiting in arrival order when all are taken; false
+// when ctx ends first.
+func (h *handler) acquire(ctx context.Context) bool {
+	select {
+	case h.slots <- struct{}{}:
+		return true
+	default:
+	}
+	h.m.waiting.Inc()
+	defer h.m.waiting.Dec()
+	select {
+	case h.slots <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // podReview is an AdmissionReview whose request.object decodes straight
@@ -345,13 +397,14 @@ type metrics struct {
 	injections *prometheus.CounterVec
 	skips      *prometheus.CounterVec
 	duration   prometheus.Histogram
+	waiting    prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podmeta_admission_requests_total",
-			Help: "Admission reviews handled, by outcome (patched, unchanged, not_opted_in, ignored, denied, bad_request, error).",
+			Help: "Admission reviews handled, by outcome (patched, unchanged, not_opted_in, ignored, denied, bad_request, error, abandoned).",
 		}, []string{"outcome"}),
 		injections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podmeta_injections_total",
@@ -366,11 +419,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time to answer an admission review, from request to response body.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 		}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "podmeta_admission_waiting",
+			Help: "Admission reviews read and waiting for one of the --max-in-flight slots.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.injections, m.skips, m.duration} {
+	for _, c := range []prometheus.Collector{m.requests, m.injections, m.skips, m.duration, m.waiting} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

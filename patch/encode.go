@@ -10,7 +10,9 @@ import (
 )
 
 // Marshal encodes ops as a JSON Patch document, byte for byte what
-// encoding/json.Marshal(ops) gives (the tests hold it to that).
+// encoding/json.Marshal(ops) gives (the tests hold it to that), except that
+// no operations encode as [] (a valid, empty patch) where encoding/json
+// writes null for a nil slice.
 //
 // Why not just json.Marshal: the values podmeta adds by the dozen per pod
 // (env vars, mounts, the downwardAPI volume's items) are large Kubernetes

@@ -55,9 +55,10 @@ func Pod(orig, mutated *corev1.Pod) ([]Operation, error) {
 	return ops, nil
 }
 
-// opsBound is an upper bound of the number of operations when the lists
-// exist in orig (one op per added element; a list added whole is one op), so
-// ops is allocated once: a pod gets dozens of env vars.
+// opsBound estimates the number of operations (one per added env var,
+// mount, container or volume; a list added whole is one op) so that ops is
+// usually allocated once: a pod gets dozens of env vars. Items added to an
+// existing downwardAPI volume are not counted; append grows the slice then.
 func opsBound(orig, mutated *corev1.Pod) int {
 	n := 2 + len(mutated.Spec.Volumes) - len(orig.Spec.Volumes)
 	for _, c := range [][]corev1.Container{mutated.Spec.InitContainers, mutated.Spec.Containers} {

@@ -117,11 +117,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	reg := ops.NewRegistry()
 	registerBuildInfo(reg)
-	handler, err := admission.NewHandler(cfg, log, reg)
+	handler, err := admission.NewHandler(cfg, log, reg, admission.MaxInFlight(o.maxInFlight))
 	if err != nil {
-		return err
-	}
-	if handler, err = limitInFlight(handler, o.maxInFlight, reg); err != nil {
 		return err
 	}
 	reloader, err := certs.New(certs.Options{
