@@ -393,6 +393,9 @@ func (in *injection) extendVolume(i int) {
 	}
 	var add []corev1.DownwardAPIVolumeFile
 	for _, c := range in.selected {
+		if in.skipClash(c) {
+			continue
+		}
 		for _, f := range containerFiles {
 			if p := c.Name + "/" + f.file; !have[p] {
 				sel := resourceSelector(c.Name, f.resource)
@@ -475,6 +478,20 @@ func (in *injection) isOurVolume(v *corev1.Volume) bool {
 	return true
 }
 
+// skipClash reports (and records) a container whose name is one of the
+// pod-level files: "<name>/cpu_request" would need a directory where the
+// file is, and the kubelet could not set up the volume at all. Checked on
+// every pass, so the status stays the same on reinvocation.
+func (in *injection) skipClash(c *corev1.Container) bool {
+	for _, f := range podFiles {
+		if c.Name == f.path {
+			in.skip(PartVolume, c.Name, c.Name+"/", ReasonFileNameClash, "its resource files are left out of the volume; the env vars still carry them")
+			return true
+		}
+	}
+	return false
+}
+
 var podFiles = []struct{ path, field string }{
 	{"labels", "metadata.labels"},
 	{"annotations", "metadata.annotations"},
@@ -498,6 +515,9 @@ func (in *injection) downwardAPI() *corev1.DownwardAPIVolumeSource {
 	}
 	sels := make([]corev1.ResourceFieldSelector, 0, len(containerFiles)*len(in.selected))
 	for _, c := range in.selected {
+		if in.skipClash(c) {
+			continue
+		}
 		for _, f := range containerFiles {
 			sels = append(sels, resourceSelector(c.Name, f.resource))
 			items = append(items, corev1.DownwardAPIVolumeFile{Path: c.Name + "/" + f.file, ResourceFieldRef: &sels[len(sels)-1]})

@@ -34,6 +34,10 @@ const (
 	// ReasonRestartPolicy: a regular (non-native) sidecar never exits, so a
 	// pod that should run to completion would never complete.
 	ReasonRestartPolicy = "restartPolicy is not Always"
+	// ReasonFileNameClash: a container named like one of the volume's
+	// pod-level files (labels, annotations, name, namespace, uid) cannot
+	// have a directory of that name for its resource files.
+	ReasonFileNameClash = "container name is a pod file name"
 )
 
 // Report says what Pod did to one pod. Its JSON form is the
