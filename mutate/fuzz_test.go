@@ -41,57 +41,8 @@ func FuzzAnnotations(f *testing.F) {
 				{Name: "side"},
 			}},
 		}
-		raw, err := json.Marshal(pod)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Work on the pod as the webhook sees it: decoded from JSON, where
-		// invalid UTF-8 has become U+FFFD.
-		pod = new(corev1.Pod)
-		if err := json.Unmarshal(raw, pod); err != nil {
-			t.Fatal(err)
-		}
-		mutated, report, err := mutate.Pod(pod, cfg)
-		if err != nil {
-			var ae *mutate.AnnotationError
-			if !errors.As(err, &ae) {
-				t.Fatalf("error is not an AnnotationError: %v", err)
-			}
-			return
-		}
-		if !report.OptedIn {
+		if report, ok := checkInvariants(t, pod, cfg); ok && !report.OptedIn {
 			t.Fatal("opted-in pod reported as not opted in")
-		}
-		again, _, err := mutate.Pod(mutated, cfg)
-		if err != nil {
-			t.Fatalf("second pass: %v", err)
-		}
-		if again != mutated {
-			a, _ := json.Marshal(again)
-			m, _ := json.Marshal(mutated)
-			t.Fatalf("not idempotent:\nfirst:  %s\nsecond: %s", m, a)
-		}
-		ops, err := patch.Pod(pod, mutated)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := marshalPatch(t, ops)
-		jp, err := jsonpatch.DecodePatch(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		patched, err := jp.Apply(raw)
-		if err != nil {
-			t.Fatalf("apply: %v\n%s", err, p)
-		}
-		var got corev1.Pod
-		if err := json.Unmarshal(patched, &got); err != nil {
-			t.Fatal(err)
-		}
-		g, _ := json.Marshal(&got)
-		m, _ := json.Marshal(mutated)
-		if string(g) != string(m) {
-			t.Fatalf("patched pod differs:\ngot:  %s\nwant: %s", g, m)
 		}
 	})
 }
@@ -194,57 +145,69 @@ func FuzzPodShapes(f *testing.F) {
 		pod.Spec.HostNetwork = next()%7 == 0
 		pod.Spec.RestartPolicy = []corev1.RestartPolicy{"", corev1.RestartPolicyAlways, corev1.RestartPolicyNever, corev1.RestartPolicyOnFailure}[next()%4]
 
-		raw, err := json.Marshal(pod)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pod = new(corev1.Pod)
-		if err := json.Unmarshal(raw, pod); err != nil {
-			t.Fatal(err)
-		}
-		mutated, _, err := mutate.Pod(pod, cfg)
-		if err != nil {
-			var ae *mutate.AnnotationError
-			if !errors.As(err, &ae) {
-				t.Fatalf("error is not an AnnotationError: %v", err)
-			}
-			return
-		}
-		if after, _ := json.Marshal(pod); string(after) != string(raw) {
-			t.Fatalf("input modified:\nbefore: %s\nafter:  %s", raw, after)
-		}
-		again, _, err := mutate.Pod(mutated, cfg)
-		if err != nil || again != mutated {
-			a, _ := json.Marshal(again)
-			m, _ := json.Marshal(mutated)
-			t.Fatalf("not idempotent (%v):\nfirst:  %s\nsecond: %s", err, m, a)
-		}
-		ops, err := patch.Pod(pod, mutated)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, op := range ops {
-			if op.Op != "add" {
-				t.Fatalf("op %s at %s", op.Op, op.Path)
-			}
-		}
-		p := marshalPatch(t, ops)
-		jp, err := jsonpatch.DecodePatch(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		patched, err := jp.Apply(raw)
-		if err != nil {
-			t.Fatalf("apply: %v\npatch: %s\nraw: %s", err, p, raw)
-		}
-		var got corev1.Pod
-		if err := json.Unmarshal(patched, &got); err != nil {
-			t.Fatal(err)
-		}
-		g, _ := json.Marshal(&got)
-		m, _ := json.Marshal(mutated)
-		if string(g) != string(m) {
-			t.Fatalf("patched pod differs:\ngot:  %s\nwant: %s", g, m)
-		}
+		checkInvariants(t, pod, cfg)
 	})
+}
+
+// checkInvariants runs mutate.Pod on pod as the webhook sees it (encoded
+// and decoded again, so invalid UTF-8 has become U+FFFD) and checks what
+// TestGolden checks: only AnnotationErrors, input untouched, idempotent,
+// add-only patch that reproduces the result from the raw JSON. ok is false
+// when the pod was refused (an AnnotationError).
+func checkInvariants(t *testing.T, pod *corev1.Pod, cfg mutate.Config) (report mutate.Report, ok bool) {
+	t.Helper()
+	raw, err := json.Marshal(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod = new(corev1.Pod)
+	if err := json.Unmarshal(raw, pod); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := json.Marshal(pod)
+	mutated, report, err := mutate.Pod(pod, cfg)
+	if err != nil {
+		var ae *mutate.AnnotationError
+		if !errors.As(err, &ae) {
+			t.Fatalf("error is not an AnnotationError: %v", err)
+		}
+		return report, false
+	}
+	if after, _ := json.Marshal(pod); string(after) != string(before) {
+		t.Fatalf("input modified:\nbefore: %s\nafter:  %s", before, after)
+	}
+	again, _, err := mutate.Pod(mutated, cfg)
+	if err != nil || again != mutated {
+		a, _ := json.Marshal(again)
+		m, _ := json.Marshal(mutated)
+		t.Fatalf("not idempotent (%v):\nfirst:  %s\nsecond: %s", err, m, a)
+	}
+	ops, err := patch.Pod(pod, mutated)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range ops {
+		if op.Op != "add" {
+			t.Fatalf("op %s at %s", op.Op, op.Path)
+		}
+	}
+	p := marshalPatch(t, ops)
+	jp, err := jsonpatch.DecodePatch(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patched, err := jp.Apply(raw)
+	if err != nil {
+		t.Fatalf("apply: %v\npatch: %s\nraw: %s", err, p, raw)
+	}
+	var got corev1.Pod
+	if err := json.Unmarshal(patched, &got); err != nil {
+		t.Fatal(err)
+	}
+	g, _ := json.Marshal(&got)
+	m, _ := json.Marshal(mutated)
+	if string(g) != string(m) {
+		t.Fatalf("patched pod differs:\ngot:  %s\nwant: %s", g, m)
+	}
+	return report, true
 }
