@@ -23,7 +23,12 @@ import (
 // write (a user's env var from secretKeyRef, a field newer than this code),
 // goes to encoding/json, so the output never loses a field.
 func Marshal(ops []Operation) ([]byte, error) {
-	b := make([]byte, 0, 64+256*len(ops))
+	return Append(make([]byte, 0, 64+256*len(ops)), ops)
+}
+
+// Append appends what Marshal returns to b: a caller that reuses its
+// buffer (the webhook pools them) allocates nothing for the patch.
+func Append(b []byte, ops []Operation) ([]byte, error) {
 	b = append(b, '[')
 	for i := range ops {
 		if i > 0 {
@@ -73,12 +78,21 @@ func appendValue(b []byte, v any) ([]byte, error) {
 	if ok {
 		return b, nil
 	}
-	// Not a shape written above (nil pointers included): encoding/json.
-	enc, err := json.Marshal(v)
-	if err != nil {
+	// Not a shape written above (nil pointers included): encoding/json,
+	// through an Encoder straight into b (json.Marshal would return a copy).
+	// Encode writes what Marshal does (HTML escaping on) plus a newline.
+	w := appendWriter{b[:n]}
+	if err := json.NewEncoder(&w).Encode(v); err != nil {
 		return nil, err
 	}
-	return append(b[:n], enc...), nil
+	return w.b[:len(w.b)-1], nil
+}
+
+type appendWriter struct{ b []byte }
+
+func (w *appendWriter) Write(p []byte) (int, error) {
+	w.b = append(w.b, p...)
+	return len(p), nil
 }
 
 // appendList writes a JSON array, or reports false if one element has a
