@@ -164,7 +164,15 @@ func TestAllowedUnchanged(t *testing.T) {
 func TestPatched(t *testing.T) {
 	h, _ := newTestHandler(t)
 	// charset parameter is fine
-	out := decodeResponse(t, post(h, "application/json; charset=utf-8", review("uid-1", "CREATE", "Pod", optedInPod)))
+	rec := post(h, "application/json; charset=utf-8", review("uid-1", "CREATE", "Pod", optedInPod))
+	out := decodeResponse(t, rec)
+	// The answer (encoded into a pooled buffer) is exactly what
+	// encoding/json.Marshal gives, without a trailing newline, and its
+	// length is announced.
+	exact, err := json.Marshal(out)
+	require.NoError(t, err)
+	assert.Equal(t, string(exact), rec.Body.String())
+	assert.Equal(t, fmt.Sprint(len(exact)), rec.Header().Get("Content-Length"))
 	r := out.Response
 	assert.Equal(t, "uid-1", string(r.UID))
 	assert.True(t, r.Allowed)

@@ -96,6 +96,12 @@ func TestMarshalMatchesEncodingJSON(t *testing.T) {
 			got, err := Marshal(ops)
 			require.NoError(t, err)
 			assert.Equal(t, string(want), string(got))
+			// Append after other bytes (the webhook's pooled buffer): they
+			// are kept, and the fallback writes in place after them.
+			prefix := []byte("previous answer ")
+			got, err = Append(append(make([]byte, 0, len(prefix)+4), prefix...), ops)
+			require.NoError(t, err)
+			assert.Equal(t, string(prefix)+string(want), string(got))
 		})
 	}
 }
