@@ -19,6 +19,7 @@ import (
 	"time"
 
 	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/prometheus/client_golang/prometheus"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -281,9 +282,12 @@ type podRequest struct {
 // Anything it refuses (another kind of object, malformed or merely unusual
 // input) takes the general path, the API server's own decoder
 // (sigs.k8s.io/json), which also yields the precise error.
+//
+// The fast path also leaves out the parts of a pod that mutate never reads
+// (see unread), checking only that they are well-formed JSON.
 func decode(body []byte) (metav1.TypeMeta, *admissionv1.AdmissionRequest, *corev1.Pod, error) {
 	var pr podReview
-	if err := jsonv2.Unmarshal(body, &pr); err == nil {
+	if err := jsonv2.Unmarshal(body, &pr, unread); err == nil {
 		if pr.Request == nil {
 			return pr.TypeMeta, nil, nil, nil
 		}
@@ -302,6 +306,36 @@ func decode(body []byte) (metav1.TypeMeta, *admissionv1.AdmissionRequest, *corev
 		return metav1.TypeMeta{}, nil, nil, badRequest("decode request object as a Pod: %v", err)
 	}
 	return review.TypeMeta, req, pod, nil
+}
+
+// unread lists the types in a Pod that mutate.Pod never reads, so the fast
+// path leaves them out of the decoded pod: the patch only carries what
+// mutate added, so nothing of them can be lost. They were a fifth of the
+// decode of the load tool's typical pod (16 resource quantities, owner
+// references, tolerations), and real reviews carry more: managedFields (as
+// large as the spec), probes, security contexts.
+//
+// If mutate is to read one of these, remove it here first:
+// TestDecodeLeavesOutOnlyUnread fails until then (it compares the handler's
+// patch with mutate's on the fully decoded pod, with every type below
+// filled in).
+var unread = jsonv2.WithUnmarshalers(jsonv2.JoinUnmarshalers(
+	skip[[]metav1.ManagedFieldsEntry](),
+	skip[[]metav1.OwnerReference](),
+	skip[corev1.PodStatus](),
+	skip[corev1.ResourceRequirements](),
+	skip[*corev1.Probe](),
+	skip[*corev1.Lifecycle](),
+	skip[*corev1.SecurityContext](),
+	skip[*corev1.PodSecurityContext](),
+	skip[*corev1.Affinity](),
+	skip[[]corev1.Toleration](),
+	skip[[]corev1.TopologySpreadConstraint](),
+))
+
+// skip is an unmarshaler for T that consumes the value and leaves T as is.
+func skip[T any]() *jsonv2.Unmarshalers {
+	return jsonv2.UnmarshalFromFunc(func(dec *jsontext.Decoder, _ *T) error { return dec.SkipValue() })
 }
 
 // unmarshal decodes like the API server does: field names are case
