@@ -270,13 +270,32 @@ func TestDryRunIdentical(t *testing.T) {
 	assert.Equal(t, wet.Body.String(), dry.Body.String())
 }
 
+// TestPanicBecomes500: a bug answers 500 and is logged with its stack,
+// whether the review runs on the request's goroutine or on a MaxInFlight
+// worker (where an unrecovered panic would kill the process), and the
+// handler keeps serving.
 func TestPanicBecomes500(t *testing.T) {
-	h, _ := newTestHandler(t)
-	h.mutate = func(*corev1.Pod, mutate.Config) (*corev1.Pod, mutate.Report, error) { panic("boom") }
-	rec := post(h, "application/json", review("u", "CREATE", "Pod", optedInPod))
-	assert.Equal(t, http.StatusInternalServerError, rec.Code)
-	assert.Equal(t, "podmeta: internal error: boom\n", rec.Body.String())
-	assert.Equal(t, 1.0, testutil.ToFloat64(h.m.requests.WithLabelValues(OutcomeServerError)))
+	for name, opts := range map[string][]Option{"inline": nil, "worker": {MaxInFlight(1)}} {
+		t.Run(name, func(t *testing.T) {
+			var logs bytes.Buffer
+			hh, err := NewHandler(mutate.DefaultConfig(), slog.New(slog.NewJSONHandler(&logs, nil)), prometheus.NewRegistry(), opts...)
+			require.NoError(t, err)
+			h := hh.(*handler)
+			h.mutate = func(*corev1.Pod, mutate.Config) (*corev1.Pod, mutate.Report, error) { panic("boom") }
+			for range 2 {
+				rec := post(h, "application/json", review("u", "CREATE", "Pod", optedInPod))
+				assert.Equal(t, http.StatusInternalServerError, rec.Code)
+				assert.Equal(t, "podmeta: internal error: boom\n", rec.Body.String())
+			}
+			assert.Equal(t, 2.0, testutil.ToFloat64(h.m.requests.WithLabelValues(OutcomeServerError)))
+			assert.Contains(t, logs.String(), `"msg":"panic serving admission review","panic":"boom","stack":"goroutine`)
+			assert.Contains(t, logs.String(), "TestPanicBecomes500", "the stack is the panic's")
+
+			h.mutate = mutate.Pod
+			rec := post(h, "application/json", review("u", "CREATE", "Pod", optedInPod))
+			assert.Equal(t, http.StatusOK, rec.Code)
+		})
+	}
 }
 
 func TestNewHandler(t *testing.T) {
