@@ -269,6 +269,11 @@ func appendStringMap(b []byte, m map[string]string) []byte {
 	return append(b, '}')
 }
 
+// AppendString appends s as a JSON string, exactly as encoding/json writes
+// it (HTML characters escaped): for callers that write JSON by hand next to
+// a patch, like the webhook's answer.
+func AppendString(b []byte, s string) []byte { return appendString(b, s) }
+
 // appendString quotes s. Printable ASCII without the characters
 // encoding/json escapes is copied as is; anything else (control
 // characters, <, >, &, non-ASCII, invalid UTF-8) is left to encoding/json so
