@@ -74,6 +74,12 @@ func appendValue(b []byte, v any) ([]byte, error) {
 		}
 	case []corev1.Volume:
 		b, ok = appendList(b, v, appendVolume)
+	case *corev1.Container:
+		if v != nil {
+			b, ok = appendContainer(b, v)
+		}
+	case []corev1.Container:
+		b, ok = appendList(b, v, appendContainer)
 	}
 	if ok {
 		return b, nil
@@ -208,9 +214,17 @@ func appendVolumeMount(b []byte, m *corev1.VolumeMount) ([]byte, bool) {
 	return append(b, '}'), true
 }
 
-// appendVolume writes a downwardAPI volume (the one podmeta adds); any
-// other volume source is left to encoding/json.
+// appendVolume writes the volumes podmeta adds: a downwardAPI one (its
+// files) and a projected one (the ambassador's token, CA and namespace);
+// any other volume source is left to encoding/json.
 func appendVolume(b []byte, v *corev1.Volume) ([]byte, bool) {
+	if p := v.Projected; p != nil && v.VolumeSource == (corev1.VolumeSource{Projected: p}) {
+		b = append(b, `{"name":`...)
+		b = appendString(b, v.Name)
+		b = append(b, `,"projected":`...)
+		b, ok := appendProjected(b, p)
+		return append(b, '}'), ok
+	}
 	d := v.DownwardAPI
 	if d == nil || v.VolumeSource != (corev1.VolumeSource{DownwardAPI: d}) || d.DefaultMode != nil || d.DefaultUser != nil {
 		return b, false
@@ -218,34 +232,40 @@ func appendVolume(b []byte, v *corev1.Volume) ([]byte, bool) {
 	b = append(b, `{"name":`...)
 	b = appendString(b, v.Name)
 	b = append(b, `,"downwardAPI":{`...)
-	if len(d.Items) > 0 {
-		b = append(b, `"items":[`...)
-		for i := range d.Items {
-			it := &d.Items[i]
-			if it.Mode != nil || it.User != nil {
+	b, ok := appendDownwardItems(b, d.Items)
+	return append(b, "}}"...), ok
+}
+
+// appendDownwardItems writes `"items":[...]` (nothing for no items).
+func appendDownwardItems(b []byte, items []corev1.DownwardAPIVolumeFile) ([]byte, bool) {
+	if len(items) == 0 {
+		return b, true
+	}
+	b = append(b, `"items":[`...)
+	for i := range items {
+		it := &items[i]
+		if it.Mode != nil || it.User != nil {
+			return b, false
+		}
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"path":`...)
+		b = appendString(b, it.Path)
+		if it.FieldRef != nil {
+			b = append(b, `,"fieldRef":`...)
+			b = appendFieldSelector(b, it.FieldRef)
+		}
+		if it.ResourceFieldRef != nil {
+			b = append(b, `,"resourceFieldRef":`...)
+			var ok bool
+			if b, ok = appendResourceSelector(b, it.ResourceFieldRef); !ok {
 				return b, false
 			}
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, `{"path":`...)
-			b = appendString(b, it.Path)
-			if it.FieldRef != nil {
-				b = append(b, `,"fieldRef":`...)
-				b = appendFieldSelector(b, it.FieldRef)
-			}
-			if it.ResourceFieldRef != nil {
-				b = append(b, `,"resourceFieldRef":`...)
-				var ok bool
-				if b, ok = appendResourceSelector(b, it.ResourceFieldRef); !ok {
-					return b, false
-				}
-			}
-			b = append(b, '}')
 		}
-		b = append(b, ']')
+		b = append(b, '}')
 	}
-	return append(b, "}}"...), true
+	return append(b, ']'), true
 }
 
 func appendStringMap(b []byte, m map[string]string) []byte {

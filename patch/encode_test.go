@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -20,6 +21,40 @@ func fieldRef(path string) *corev1.EnvVarSource {
 
 func resourceRef(container, res, divisor string) *corev1.EnvVarSource {
 	return &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: container, Resource: res, Divisor: resource.MustParse(divisor)}}
+}
+
+// ambassador and apiAccess are shaped like what mutate injects.
+func ambassador() *corev1.Container {
+	health := intstr.FromInt(8002)
+	return &corev1.Container{
+		Name: "podmeta-ambassador", Image: "ghcr.io/podmeta/podmeta-ambassador:latest", ImagePullPolicy: corev1.PullIfNotPresent,
+		Args: []string{"--listen=127.0.0.1:8001", "--policy=allow-list", "--allow=GET /api/v1/namespaces/a/configmaps/**"},
+		Resources: corev1.ResourceRequirements{
+			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi"), corev1.ResourceCPU: resource.MustParse("200m")},
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("0.01"), corev1.ResourceMemory: resource.MustParse("32Mi")},
+		},
+		StartupProbe:   &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: health}}, PeriodSeconds: 1, FailureThreshold: 30},
+		ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/readyz", Port: health}}, PeriodSeconds: 10},
+		VolumeMounts:   []corev1.VolumeMount{{Name: "podmeta-api-access", MountPath: "/var/run/secrets/kubernetes.io/serviceaccount", ReadOnly: true}},
+		SecurityContext: &corev1.SecurityContext{
+			RunAsNonRoot: ptr(true), RunAsUser: ptr(int64(65532)), RunAsGroup: ptr(int64(65532)), ReadOnlyRootFilesystem: ptr(true),
+			AllowPrivilegeEscalation: ptr(false), Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+		RestartPolicy:            ptr(corev1.ContainerRestartPolicyAlways),
+	}
+}
+
+func apiAccess() *corev1.Volume {
+	return &corev1.Volume{Name: "podmeta-api-access", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		DefaultMode: ptr(int32(0o444)),
+		Sources: []corev1.VolumeProjection{
+			{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token", ExpirationSeconds: ptr(int64(3607))}},
+			{ConfigMap: &corev1.ConfigMapProjection{LocalObjectReference: corev1.LocalObjectReference{Name: "kube-root-ca.crt"}, Items: []corev1.KeyToPath{{Key: "ca.crt", Path: "ca.crt"}}}},
+			{DownwardAPI: &corev1.DownwardAPIProjection{Items: []corev1.DownwardAPIVolumeFile{{Path: "namespace", FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.namespace"}}}}},
+		},
+	}}}
 }
 
 func downward(items ...corev1.DownwardAPIVolumeFile) *corev1.Volume {
@@ -76,11 +111,55 @@ func TestMarshalMatchesEncodingJSON(t *testing.T) {
 		"volume list":        []corev1.Volume{*downward(items...), {Name: "cfg", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{}}}},
 		"container":          &corev1.Container{Name: "podmeta-ambassador", Image: "x", Env: envs, VolumeMounts: mounts, RestartPolicy: ptr(corev1.ContainerRestartPolicyAlways)},
 		"container list":     []corev1.Container{{Name: "a"}},
-		"other type":         metav1.ObjectMeta{Name: "x"},
-		"nil":                nil,
-		"nil env":            (*corev1.EnvVar)(nil),
-		"nil mount":          (*corev1.VolumeMount)(nil),
-		"nil volume":         (*corev1.Volume)(nil),
+		"ambassador":         ambassador(),
+		"ambassador non-native": func() *corev1.Container {
+			c := ambassador()
+			c.RestartPolicy, c.Image, c.ImagePullPolicy, c.TerminationMessagePolicy = nil, "", "", ""
+			c.Resources = corev1.ResourceRequirements{}
+			c.SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_BIND_SERVICE"}}, SeccompProfile: &corev1.SeccompProfile{}}
+			c.ReadinessProbe.HTTPGet.Port = intstr.FromString("health")
+			c.StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Port: intstr.FromInt(1)}}, InitialDelaySeconds: 1, TimeoutSeconds: 2, SuccessThreshold: 3}
+			return c
+		}(),
+		"ambassador with env": func() *corev1.Container {
+			c := ambassador()
+			c.Env = envs[:5]
+			c.Resources.Limits = nil
+			c.Args = []string{}
+			c.SecurityContext.Capabilities = &corev1.Capabilities{Add: []corev1.Capability{"A"}, Drop: []corev1.Capability{"<B>"}}
+			return c
+		}(),
+		"container with command":    &corev1.Container{Name: "c", Command: []string{"x"}},
+		"container with ports":      &corev1.Container{Name: "c", Ports: []corev1.ContainerPort{{ContainerPort: 1}}},
+		"container with liveness":   &corev1.Container{Name: "c", LivenessProbe: &corev1.Probe{}},
+		"container with tty":        &corev1.Container{Name: "c", TTY: true},
+		"container with claims":     &corev1.Container{Name: "c", Resources: corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "gpu"}}}},
+		"probe with exec":           &corev1.Container{Name: "c", ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}}},
+		"probe with scheme":         &corev1.Container{Name: "c", StartupProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Scheme: corev1.URISchemeHTTPS}}}},
+		"probe with grace":          &corev1.Container{Name: "c", StartupProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{}}, TerminationGracePeriodSeconds: ptr(int64(1))}},
+		"privileged":                &corev1.Container{Name: "c", SecurityContext: &corev1.SecurityContext{Privileged: ptr(true)}},
+		"localhost seccomp":         &corev1.Container{Name: "c", SecurityContext: &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptr("p")}}},
+		"empty security context":    &corev1.Container{Name: "c", SecurityContext: &corev1.SecurityContext{}},
+		"api access volume":         apiAccess(),
+		"projected without sources": &corev1.Volume{Name: "p", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{}}},
+		"projected variants": &corev1.Volume{Name: "p", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{
+			{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: "vault", Path: "t"}},
+			{ConfigMap: &corev1.ConfigMapProjection{}},
+			{ConfigMap: &corev1.ConfigMapProjection{Items: []corev1.KeyToPath{{Key: "k", Path: "p"}}}},
+			{DownwardAPI: &corev1.DownwardAPIProjection{}},
+		}}}},
+		"projected with secret":  &corev1.Volume{Name: "p", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{Secret: &corev1.SecretProjection{}}}}}},
+		"projected two in one":   &corev1.Volume{Name: "p", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{ConfigMap: &corev1.ConfigMapProjection{}, DownwardAPI: &corev1.DownwardAPIProjection{}}}}}},
+		"projected empty source": &corev1.Volume{Name: "p", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{}}}}},
+		"projected optional":     &corev1.Volume{Name: "p", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{ConfigMap: &corev1.ConfigMapProjection{Optional: ptr(true)}}}}}},
+		"projected item mode":    &corev1.Volume{Name: "p", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{ConfigMap: &corev1.ConfigMapProjection{Items: []corev1.KeyToPath{{Key: "k", Path: "p", Mode: ptr(int32(0o400))}}}}}}}},
+		"projected default user": &corev1.Volume{Name: "p", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{DefaultUser: ptr(int64(1))}}},
+		"projected and secret":   &corev1.Volume{Name: "p", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{}, Secret: &corev1.SecretVolumeSource{}}},
+		"other type":             metav1.ObjectMeta{Name: "x"},
+		"nil":                    nil,
+		"nil env":                (*corev1.EnvVar)(nil),
+		"nil mount":              (*corev1.VolumeMount)(nil),
+		"nil volume":             (*corev1.Volume)(nil),
 	}
 	for i := range envs {
 		values["env "+envs[i].Name] = &envs[i]
@@ -124,14 +203,28 @@ func TestMarshalError(t *testing.T) {
 // fallback), then update the count here.
 func TestFastPathKnowsEveryField(t *testing.T) {
 	for typ, n := range map[reflect.Type]int{
-		reflect.TypeFor[corev1.EnvVar]():                  3,
-		reflect.TypeFor[corev1.EnvVarSource]():            5,
-		reflect.TypeFor[corev1.ObjectFieldSelector]():     2,
-		reflect.TypeFor[corev1.ResourceFieldSelector]():   3,
-		reflect.TypeFor[corev1.VolumeMount]():             8,
-		reflect.TypeFor[corev1.Volume]():                  2,
-		reflect.TypeFor[corev1.DownwardAPIVolumeSource](): 3,
-		reflect.TypeFor[corev1.DownwardAPIVolumeFile]():   5,
+		reflect.TypeFor[corev1.EnvVar]():                        3,
+		reflect.TypeFor[corev1.EnvVarSource]():                  5,
+		reflect.TypeFor[corev1.ObjectFieldSelector]():           2,
+		reflect.TypeFor[corev1.ResourceFieldSelector]():         3,
+		reflect.TypeFor[corev1.VolumeMount]():                   8,
+		reflect.TypeFor[corev1.Volume]():                        2,
+		reflect.TypeFor[corev1.DownwardAPIVolumeSource]():       3,
+		reflect.TypeFor[corev1.DownwardAPIVolumeFile]():         5,
+		reflect.TypeFor[corev1.Container]():                     25,
+		reflect.TypeFor[corev1.ResourceRequirements]():          3,
+		reflect.TypeFor[corev1.Probe]():                         7,
+		reflect.TypeFor[corev1.ProbeHandler]():                  4,
+		reflect.TypeFor[corev1.HTTPGetAction]():                 6,
+		reflect.TypeFor[corev1.SecurityContext]():               12,
+		reflect.TypeFor[corev1.Capabilities]():                  2,
+		reflect.TypeFor[corev1.SeccompProfile]():                2,
+		reflect.TypeFor[corev1.ProjectedVolumeSource]():         3,
+		reflect.TypeFor[corev1.VolumeProjection]():              6,
+		reflect.TypeFor[corev1.ServiceAccountTokenProjection](): 4,
+		reflect.TypeFor[corev1.ConfigMapProjection]():           3,
+		reflect.TypeFor[corev1.KeyToPath]():                     4,
+		reflect.TypeFor[corev1.DownwardAPIProjection]():         1,
 	} {
 		assert.Equal(t, n, typ.NumField(), "%s has a new field: patch/encode.go must write it", typ)
 	}
@@ -159,4 +252,17 @@ func FuzzMarshal(f *testing.F) {
 		require.NoError(t, err)
 		require.Equal(t, string(want), string(got))
 	})
+}
+
+// TestFastPathTaken: what mutate injects is written by hand, not handed to
+// encoding/json (the table above would pass either way).
+func TestFastPathTaken(t *testing.T) {
+	_, ok := appendContainer(nil, ambassador())
+	assert.True(t, ok, "ambassador container")
+	_, ok = appendVolume(nil, apiAccess())
+	assert.True(t, ok, "api access volume")
+	_, ok = appendVolume(nil, downward(corev1.DownwardAPIVolumeFile{Path: "labels", FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.labels"}}))
+	assert.True(t, ok, "downwardAPI volume")
+	_, ok = appendContainer(nil, &corev1.Container{Name: "c", Command: []string{"x"}})
+	assert.False(t, ok, "a field the fast path does not write")
 }
