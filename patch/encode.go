@@ -15,7 +15,8 @@ import (
 // writes null for a nil slice.
 //
 // Why not just json.Marshal: the values podmeta adds by the dozen per pod
-// (env vars, mounts, the downwardAPI volume's items) are large Kubernetes
+// (env vars, mounts, the downwardAPI volume's items; once per pod, the
+// ambassador container and its token volume) are large Kubernetes
 // structs that are almost entirely empty, and encoding/json visits every
 // field of them by reflection; that made encoding the patch the costliest
 // step of a review after decoding the pod. Those shapes are written here
