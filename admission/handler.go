@@ -34,6 +34,11 @@ import (
 // and oldObject), hence controller-runtime's 7 MiB, which we follow.
 const MaxBodyBytes = 7 << 20
 
+// presizeLimit bounds the buffer sized from a request's Content-Length
+// before its body arrives: larger bodies grow as they are read, so a client
+// announcing megabytes it never sends costs nothing.
+const presizeLimit = 64 << 10
+
 // maxWarnings bounds the admission warnings per review: the API server
 // truncates long lists, and the status annotation has them all anyway.
 const maxWarnings = 10
@@ -110,7 +115,7 @@ type job struct {
 
 func (h *handler) worker() {
 	for j := range h.jobs {
-		j.outcome, j.err = h.process(j.req, j.out)
+		j.outcome, j.out, j.err = h.process(j.req)
 		j.done <- struct{}{}
 	}
 }
@@ -177,9 +182,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				slog.String("outcome", outcome), slog.Duration("duration", elapsed), slog.String("remote", r.RemoteAddr))
 		}
 	}()
-	body := h.getBuf()
-	defer h.putBuf(body)
-	out, err := h.serve(w, r, body)
+	out, body, err := h.serve(w, r)
+	if body != nil {
+		defer h.putBuf(body)
+	}
 	outcome = out
 	if err != nil {
 		var he *httpError
@@ -223,33 +229,38 @@ func (h *handler) putBuf(b *bytes.Buffer) {
 
 // serve writes the encoded AdmissionReview to body and returns the outcome,
 // or returns an error (an *httpError for the client's faults).
-func (h *handler) serve(w http.ResponseWriter, r *http.Request, body *bytes.Buffer) (string, error) {
+func (h *handler) serve(w http.ResponseWriter, r *http.Request) (string, *bytes.Buffer, error) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		return OutcomeBadRequest, &httpError{code: http.StatusMethodNotAllowed, msg: fmt.Sprintf("method %s not allowed: POST an AdmissionReview", r.Method)}
+		return OutcomeBadRequest, nil, &httpError{code: http.StatusMethodNotAllowed, msg: fmt.Sprintf("method %s not allowed: POST an AdmissionReview", r.Method)}
 	}
 	ct := r.Header.Get("Content-Type")
 	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-		return OutcomeBadRequest, &httpError{code: http.StatusUnsupportedMediaType, msg: fmt.Sprintf("Content-Type %q not supported: want application/json", ct)}
+		return OutcomeBadRequest, nil, &httpError{code: http.StatusUnsupportedMediaType, msg: fmt.Sprintf("Content-Type %q not supported: want application/json", ct)}
 	}
 	if r.ContentLength > MaxBodyBytes {
-		return OutcomeBadRequest, tooLarge // without reading it
+		return OutcomeBadRequest, nil, tooLarge // without reading it
 	}
 	buf := h.getBuf()
 	defer h.putBuf(buf)
+	if r.ContentLength > 0 && r.ContentLength <= presizeLimit {
+		// The exact size (ReadFrom wants bytes.MinRead spare) instead of
+		// doubling up to it: every review waiting for a slot holds its body.
+		buf.Grow(int(r.ContentLength) + bytes.MinRead)
+	}
 	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxBodyBytes)); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return OutcomeBadRequest, tooLarge
+			return OutcomeBadRequest, nil, tooLarge
 		}
-		return OutcomeBadRequest, badRequest("read request body: %v", err)
+		return OutcomeBadRequest, nil, badRequest("read request body: %v", err)
 	}
 	if h.jobs == nil {
-		return h.process(buf.Bytes(), body)
+		return h.process(buf.Bytes())
 	}
 	j := h.jobPool.Get().(*job)
 	defer h.jobPool.Put(j)
-	j.req, j.out = buf.Bytes(), body
+	j.req = buf.Bytes()
 	defer func() { j.req, j.out = nil, nil }()
 	select {
 	case h.jobs <- j:
@@ -262,48 +273,57 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request, body *bytes.Buff
 			h.m.waiting.Dec()
 		case <-r.Context().Done():
 			h.m.waiting.Dec()
-			return OutcomeAbandoned, &httpError{code: http.StatusServiceUnavailable, msg: "podmeta: the client went away while the review waited for a slot"}
+			return OutcomeAbandoned, nil, &httpError{code: http.StatusServiceUnavailable, msg: "podmeta: the client went away while the review waited for a slot"}
 		}
 	}
 	<-j.done
-	return j.outcome, j.err
+	return j.outcome, j.out, j.err
 }
 
-// process decodes the review in data, decides, and writes the encoded
-// answer to body. A panic becomes a *panicError.
-func (h *handler) process(data []byte, body *bytes.Buffer) (outcome string, err error) {
+// process decodes the review in data, decides, and returns the encoded
+// answer in a pooled buffer (the caller puts it back). A panic becomes a
+// *panicError. The buffer is taken only here: a review waiting for a slot
+// holds none (with large pods, 64 waiting answers' buffers were megabytes).
+func (h *handler) process(data []byte) (outcome string, body *bytes.Buffer, err error) {
 	defer func() {
 		if v := recover(); v != nil {
-			outcome, err = OutcomeServerError, &panicError{value: v, stack: debug.Stack()}
+			outcome, body, err = OutcomeServerError, nil, &panicError{value: v, stack: debug.Stack()}
 		}
 	}()
+	outcome, body, err = h.answer(data)
+	return outcome, body, err
+}
+
+func (h *handler) answer(data []byte) (string, *bytes.Buffer, error) {
 	typ, req, pod, err := decode(data)
 	if err != nil {
-		return OutcomeBadRequest, err
+		return OutcomeBadRequest, nil, err
 	}
 	if typ.APIVersion != admissionV1 || typ.Kind != "AdmissionReview" {
-		return OutcomeBadRequest, badRequest("unsupported apiVersion %q, kind %q: want %s AdmissionReview", typ.APIVersion, typ.Kind, admissionV1)
+		return OutcomeBadRequest, nil, badRequest("unsupported apiVersion %q, kind %q: want %s AdmissionReview", typ.APIVersion, typ.Kind, admissionV1)
 	}
 	if req == nil {
-		return OutcomeBadRequest, badRequest("AdmissionReview has no request")
+		return OutcomeBadRequest, nil, badRequest("AdmissionReview has no request")
 	}
 	if req.UID == "" {
-		return OutcomeBadRequest, badRequest("AdmissionReview request has no uid")
+		return OutcomeBadRequest, nil, badRequest("AdmissionReview request has no uid")
 	}
 	patchBuf := h.getBuf()
 	defer h.putBuf(patchBuf)
 	outcome, resp, err := h.review(req, pod, patchBuf)
 	if err != nil {
-		return outcome, err
+		return outcome, nil, err
 	}
 	resp.UID = req.UID
+	body := h.getBuf()
 	body.Grow(256 + len(resp.Patch)*4/3) // most answers fit
 	ans, err := appendAnswer(body.AvailableBuffer(), typ, resp)
 	if err != nil {
-		return OutcomeServerError, fmt.Errorf("encode AdmissionReview: %w", err)
+		h.putBuf(body)
+		return OutcomeServerError, nil, fmt.Errorf("encode AdmissionReview: %w", err)
 	}
 	body.Write(ans) // usually a copy onto itself
-	return outcome, nil
+	return outcome, body, nil
 }
 
 // podReview is an AdmissionReview whose request.object decodes straight
