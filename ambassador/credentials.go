@@ -17,9 +17,10 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/valyala/fasthttp"
 )
 
-// credentials keeps the bearer token and the CA-verified upstream transport
+// credentials keeps the bearer token and the CA-verified upstream clients
 // current. Projected service-account tokens rotate (kubelet rewrites them at
 // 80 % of their lifetime by swapping a "..data" symlink in the volume), and
 // the kube-root-ca.crt bundle can change on CA rotation, so both files are
@@ -30,7 +31,7 @@ type credentials struct {
 	tokenFile, caFile string
 	log               *slog.Logger
 	m                 *metrics
-	newTransport      func(*x509.CertPool) *http.Transport
+	newUpstream       func(*x509.CertPool) upstreamClients
 
 	token atomic.Pointer[tokenState]
 	ca    atomic.Pointer[caState]
@@ -46,19 +47,34 @@ type tokenState struct {
 }
 
 type caState struct {
-	pem       []byte
-	transport *http.Transport // nil if never loaded
-	err       error
+	pem     []byte
+	clients upstreamClients // zero if never loaded
+	err     error
 }
 
-func newCredentials(tokenFile, caFile string, log *slog.Logger, m *metrics, newTransport func(*x509.CertPool) *http.Transport) *credentials {
+// upstreamClients are the two ways to the API server for one CA bundle:
+// plain requests go over a pool of HTTP/1.1 keep-alive connections
+// (fasthttp, the cheapest path per request), streams and upgrades over
+// net/http's HTTP/2 transport (one multiplexed connection for any number of
+// watches, like kubectl proxy).
+type upstreamClients struct {
+	plain   *fasthttp.HostClient
+	streams *http.Transport
+}
+
+func (u upstreamClients) closeIdle() {
+	u.plain.CloseIdleConnections()
+	u.streams.CloseIdleConnections()
+}
+
+func newCredentials(tokenFile, caFile string, log *slog.Logger, m *metrics, newUpstream func(*x509.CertPool) upstreamClients) *credentials {
 	c := &credentials{
-		tokenFile:    tokenFile,
-		caFile:       caFile,
-		log:          log,
-		m:            m,
-		newTransport: newTransport,
-		nudge:        make(chan struct{}, 1),
+		tokenFile:   tokenFile,
+		caFile:      caFile,
+		log:         log,
+		m:           m,
+		newUpstream: newUpstream,
+		nudge:       make(chan struct{}, 1),
 	}
 	c.token.Store(&tokenState{err: errors.New("token not loaded yet")})
 	c.ca.Store(&caState{err: errors.New("CA not loaded yet")})
@@ -78,13 +94,24 @@ func (c *credentials) bearer() (string, error) {
 	return t.bearer, nil
 }
 
-// transport returns the current upstream transport or why there is none.
+// transport returns the current upstream transport for streams and
+// upgrades, or why there is none.
 func (c *credentials) transport() (*http.Transport, error) {
 	s := c.ca.Load()
-	if s.transport == nil {
+	if s.clients.streams == nil {
 		return nil, s.err
 	}
-	return s.transport, nil
+	return s.clients.streams, nil
+}
+
+// client returns the current upstream client for plain requests, or why
+// there is none.
+func (c *credentials) client() (*fasthttp.HostClient, error) {
+	s := c.ca.Load()
+	if s.clients.plain == nil {
+		return nil, s.err
+	}
+	return s.clients.plain, nil
 }
 
 // ready reports whether the token and the CA are currently readable.
@@ -145,7 +172,7 @@ func (c *credentials) reloadCA() {
 	if err == nil && old.err == nil && bytes.Equal(pem, old.pem) {
 		return
 	}
-	next := &caState{pem: pem, transport: old.transport}
+	next := &caState{pem: pem, clients: old.clients}
 	pool := x509.NewCertPool()
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -155,20 +182,20 @@ func (c *credentials) reloadCA() {
 	case !pool.AppendCertsFromPEM(pem):
 		next.err = fmt.Errorf("CA file has no PEM certificates: %s", c.caFile)
 	default:
-		next.transport = c.newTransport(pool)
+		next.clients = c.newUpstream(pool)
 	}
 	c.ca.Store(next)
 	if next.err != nil {
 		c.m.caReloads.WithLabelValues("error").Inc()
 		if old.err == nil || old.err.Error() != next.err.Error() {
-			c.log.Warn("CA not loaded", "file", c.caFile, "error", next.err.Error(), "keeping_previous", next.transport != nil)
+			c.log.Warn("CA not loaded", "file", c.caFile, "error", next.err.Error(), "keeping_previous", next.clients.plain != nil)
 		}
 		return
 	}
-	if old.transport != nil {
+	if old.clients.plain != nil {
 		// Connections verified against the old bundle finish their
 		// requests; no new request uses them.
-		old.transport.CloseIdleConnections()
+		old.clients.closeIdle()
 	}
 	c.m.caReloads.WithLabelValues("success").Inc()
 	c.log.Info("CA loaded", "file", c.caFile)

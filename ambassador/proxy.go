@@ -2,23 +2,30 @@ package ambassador
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/valyala/fasthttp"
+
 	"github.com/podmeta/podmeta/policy"
 )
 
-// proxy is the localhost-facing handler: Host check, policy, then a reverse
-// proxy to the API server with the pod's token.
+// proxy is the localhost-facing handler: Host check, policy, then the API
+// server with the pod's token. Plain requests (a get, a list, a patch) are
+// served by forward over a pool of HTTP/1.1 keep-alive connections, which
+// costs a fraction of a net/http round trip per request; streams (watch, log
+// follow, proxy subresources) and upgrades (exec, attach, port-forward) take
+// over the client connection and go through net/http's HTTP/2 transport in
+// stream.
 type proxy struct {
 	upstream *url.URL
 	caFile   string
@@ -26,111 +33,224 @@ type proxy struct {
 	creds    *credentials
 	log      *slog.Logger
 	m        *metrics
-	rp       *httputil.ReverseProxy
 }
 
 func newProxy(upstream *url.URL, caFile string, pol policy.Policy, creds *credentials, log *slog.Logger, m *metrics) *proxy {
-	p := &proxy{upstream: upstream, caFile: caFile, policy: pol, creds: creds, log: log, m: m}
-	p.rp = &httputil.ReverseProxy{
-		Rewrite: p.rewrite,
-		// FlushInterval 0, not -1: ReverseProxy already flushes every
-		// write of a response without Content-Length (every watch,
-		// every log follow, any chunked stream), and a response of
-		// known length needs no flushing. -1 would add a flush per
-		// read of a known-length body.
-		FlushInterval: 0,
-		// Without a pool every request allocates a 32 KiB copy buffer.
-		BufferPool:     bufferPool{},
-		Transport:      roundTripper{p},
-		ModifyResponse: bufferComplete,
-		ErrorHandler:   p.upstreamError,
-		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	return p
+	return &proxy{upstream: upstream, caFile: caFile, policy: pol, creds: creds, log: log, m: m}
 }
 
-func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rec := &recorder{ResponseWriter: w}
-	p.serve(rec, r)
-	code := rec.code
-	if code == 0 {
-		// Hijacked for an upgrade (101) without a WriteHeader call.
-		code = http.StatusSwitchingProtocols
+// handle is the fasthttp handler. Requests handed to stream are counted
+// there, when their outcome is known.
+func (p *proxy) handle(ctx *fasthttp.RequestCtx) {
+	if code := p.serve(ctx); code != 0 {
+		p.count(code, string(ctx.Method()))
 	}
-	p.m.requests.WithLabelValues(strconv.Itoa(code), methodLabel(r.Method)).Inc()
 }
 
-func (p *proxy) serve(w *recorder, r *http.Request) {
-	if !allowedHost(r.Host) {
-		p.refuse(w, r, http.StatusForbidden, "host", fmt.Sprintf("Host %q refused: only localhost, 127.0.0.1 and [::1] are served (DNS-rebinding protection)", r.Host))
-		return
+func (p *proxy) count(code int, method string) {
+	p.m.requests.WithLabelValues(strconv.Itoa(code), methodLabel(method)).Inc()
+}
+
+// serve answers or forwards one request and returns the status code for
+// the metrics, or 0 when stream took the connection over.
+func (p *proxy) serve(ctx *fasthttp.RequestCtx) int {
+	method := string(ctx.Method())
+	// The raw request URI is parsed the way net/http parses it, so the
+	// policy sees the same decoded path as before the switch to fasthttp,
+	// "." and ".." segments and double slashes included. (fasthttp's own
+	// ctx.Path() is normalized: it would let
+	// /api/v1/namespaces/a/pods/../secrets through as .../secrets.)
+	u, err := url.ParseRequestURI(string(ctx.Request.Header.RequestURI()))
+	if err != nil {
+		return writeStatusCtx(ctx, 400, "BadRequest", fmt.Sprintf("podmeta-ambassador: malformed request URI: %v", err), "")
 	}
-	d := p.policy.Decide(policy.Request{Method: r.Method, Path: r.URL.Path, Upgrade: isUpgrade(r.Header)})
+	host := u.Host // absolute-form request line, as net/http does
+	if host == "" {
+		host = string(ctx.Request.Header.Host())
+	}
+	if !allowedHost(host) {
+		return p.refuse(ctx, method, u.Path, host, "host", fmt.Sprintf("Host %q refused: only localhost, 127.0.0.1 and [::1] are served (DNS-rebinding protection)", host))
+	}
+	upgrade, upType := upgradeType(&ctx.Request.Header)
+	d := p.policy.Decide(policy.Request{Method: method, Path: u.Path, Upgrade: upgrade})
 	if !d.Allowed {
-		p.refuse(w, r, http.StatusForbidden, d.Rule, d.Reason)
-		return
+		return p.refuse(ctx, method, u.Path, host, d.Rule, d.Reason)
 	}
-	if _, err := p.creds.bearer(); err != nil {
-		p.upstreamError(w, r, &credentialError{err})
-		return
+	bearer, err := p.creds.bearer()
+	if err != nil {
+		return p.upstreamError(ctx, method, u.Path, &credentialError{err})
 	}
-	if p.log.Enabled(r.Context(), slog.LevelDebug) {
-		p.log.Debug("proxy", "method", r.Method, "path", r.URL.Path, "rule", d.Rule)
+	if p.log.Enabled(context.Background(), slog.LevelDebug) {
+		p.log.Debug("proxy", "method", method, "path", u.Path, "rule", d.Rule)
 	}
-	p.rp.ServeHTTP(w, r)
+	out := p.outURL(u)
+	if upgrade || streaming(u.RawQuery, u.Path) {
+		p.hijack(ctx, method, out, bearer, upType)
+		return 0
+	}
+	return p.forward(ctx, method, out, bearer)
 }
 
-func (p *proxy) refuse(w http.ResponseWriter, r *http.Request, code int, rule, reason string) {
+// requestError answers a request fasthttp could not read. Only an empty or
+// missing Host is a refusal (net/http let it through to the Host check, so
+// it stays a 403 of rule "host"); the rest are the client's errors. The
+// error text is not echoed: it quotes the request head.
+func (p *proxy) requestError(ctx *fasthttp.RequestCtx, err error) {
+	var code int
+	var small *fasthttp.ErrSmallBuffer
+	var netErr net.Error
+	switch {
+	case strings.Contains(err.Error(), "missing required host header"):
+		code = p.refuse(ctx, string(ctx.Method()), "", "", "host", `Host "" refused: only localhost, 127.0.0.1 and [::1] are served (DNS-rebinding protection)`)
+	case errors.As(err, &small):
+		code = writeStatusCtx(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "RequestHeaderFieldsTooLarge", "podmeta-ambassador: request head larger than the read buffer", "")
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		code = writeStatusCtx(ctx, fasthttp.StatusRequestEntityTooLarge, "RequestEntityTooLarge", fmt.Sprintf("podmeta-ambassador: request body larger than %d bytes", maxRequestBody), "")
+	case errors.As(err, &netErr) && netErr.Timeout():
+		code = writeStatusCtx(ctx, fasthttp.StatusRequestTimeout, "Timeout", "podmeta-ambassador: request not received in time", "")
+	default:
+		code = writeStatusCtx(ctx, fasthttp.StatusBadRequest, "BadRequest", "podmeta-ambassador: malformed request", "")
+	}
+	p.count(code, string(ctx.Method()))
+}
+
+func (p *proxy) refuse(ctx *fasthttp.RequestCtx, method, path, host string, rule, reason string) int {
 	p.m.refused.WithLabelValues(rule).Inc()
-	p.log.Info("refused", "method", r.Method, "path", r.URL.Path, "host", r.Host, "rule", rule)
-	writeStatus(w, code, "Forbidden", fmt.Sprintf("podmeta-ambassador: refused by rule %q: %s", rule, reason), rule)
+	p.log.Info("refused", "method", method, "path", path, "host", host, "rule", rule)
+	return writeStatusCtx(ctx, fasthttp.StatusForbidden, "Forbidden", fmt.Sprintf("podmeta-ambassador: refused by rule %q: %s", rule, reason), rule)
 }
 
-// rewrite builds the upstream request. The path forwarded is exactly the
-// decoded path the policy matched (RawPath dropped), so an encoded "%2F" can
-// neither hide a segment from the policy nor add one upstream.
-func (p *proxy) rewrite(pr *httputil.ProxyRequest) {
-	pr.Out.URL.RawPath = ""
-	pr.SetURL(p.upstream)
-	h := pr.Out.Header
-	// The app's own credentials never leave the pod; the API server sees
-	// only the pod's service account.
-	h.Del("Authorization")
-	if bearer, err := p.creds.bearer(); err == nil {
-		h.Set("Authorization", bearer)
-	}
-}
-
-func (p *proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+// upstreamError answers a failed upstream round trip, or nothing when the
+// client went away first (499, counted only).
+func (p *proxy) upstreamError(ctx *fasthttp.RequestCtx, method, path string, err error) int {
 	code, reason, msg := classify(err, p.upstream.String(), p.caFile)
 	if code == 499 {
-		if rec, ok := w.(*recorder); ok {
-			rec.code = 499
-		}
-		p.log.Debug("client went away", "method", r.Method, "path", r.URL.Path)
-		return
+		p.log.Debug("client went away", "method", method, "path", path)
+		return 499
 	}
-	p.log.Warn("upstream failed", "method", r.Method, "path", r.URL.Path, "code", code, "error", msg)
-	writeStatus(w, code, reason, "podmeta-ambassador: "+msg, "")
+	p.log.Warn("upstream failed", "method", method, "path", path, "code", code, "error", msg)
+	return writeStatusCtx(ctx, code, reason, "podmeta-ambassador: "+msg, "")
 }
 
-// roundTripper sends through the current CA-verified transport, times the
-// upstream and reloads credentials when the API server rejects the token.
-type roundTripper struct{ p *proxy }
+// outURL is the upstream URL: the API server's address, then exactly the
+// decoded path the policy matched (re-encoded canonically, any raw
+// encoding the client sent dropped), so an encoded "%2F" can neither hide
+// a segment from the policy nor add one upstream, and the query without
+// parameters that do not parse (what httputil.ReverseProxy sends).
+func (p *proxy) outURL(u *url.URL) *url.URL {
+	return &url.URL{
+		Scheme:   p.upstream.Scheme,
+		Host:     p.upstream.Host,
+		Path:     singleJoiningSlash(p.upstream.Path, u.Path),
+		RawQuery: cleanQueryParams(u.RawQuery),
+	}
+}
 
-func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
-	t, err := rt.p.creds.transport()
+// forward sends a plain request over the HTTP/1.1 pool. The request is
+// rewritten in place (it is ours until the handler returns).
+func (p *proxy) forward(ctx *fasthttp.RequestCtx, method string, out *url.URL, bearer string) int {
+	hc, err := p.creds.client()
 	if err != nil {
-		return nil, &credentialError{err}
+		return p.upstreamError(ctx, method, out.Path, &credentialError{err})
 	}
+	req := &ctx.Request
+	clientClose := req.Header.ConnectionClose()
+	req.SetRequestURI(out.String())
+	req.URI().DisablePathNormalizing = true
+	req.Header.SetHost(out.Host)
+	dropHopHeaders(&req.Header)
+	// The app's own credentials never leave the pod; the API server sees
+	// only the pod's service account.
+	req.Header.Set("Authorization", bearer)
+
+	res := fasthttp.AcquireResponse()
 	start := time.Now()
-	res, err := t.RoundTrip(req)
-	rt.p.m.upstream.Observe(time.Since(start).Seconds())
-	if err == nil && res.StatusCode == http.StatusUnauthorized {
-		// The token may have rotated before the watcher noticed.
-		rt.p.creds.requestReload()
+	err = hc.Do(req, res)
+	p.m.upstream.Observe(time.Since(start).Seconds())
+	if err != nil {
+		fasthttp.ReleaseResponse(res)
+		return p.upstreamError(ctx, method, out.Path, err)
 	}
-	return res, err
+	code := res.StatusCode()
+	if code == fasthttp.StatusUnauthorized {
+		// The token may have rotated before the watcher noticed.
+		p.creds.requestReload()
+	}
+	res.Header.CopyTo(&ctx.Response.Header)
+	dropResponseHopHeaders(&ctx.Response.Header)
+	if clientClose {
+		ctx.SetConnectionClose()
+	}
+	body := res.BodyStream()
+	if body == nil { // HEAD, 204, 304: no body
+		fasthttp.ReleaseResponse(res)
+		return code
+	}
+	up := &upstreamBody{Reader: body, res: res}
+	if n := res.Header.ContentLength(); n >= 0 {
+		ctx.Response.SetBodyStream(up, n)
+		return code
+	}
+	if !bufferable(method, code, string(res.Header.ContentType())) {
+		ctx.Response.SetBodyStream(up, -1)
+		return code
+	}
+	bp := bodyBuffers.Get().(*[]byte)
+	// Not io.ReadFull: a connection cut mid-body reads as
+	// io.ErrUnexpectedEOF, which must not pass for a complete body.
+	n := 0
+	for n < len(*bp) && err == nil {
+		var m int
+		m, err = body.Read((*bp)[n:])
+		n += m
+	}
+	switch err {
+	case io.EOF: // the whole body fit
+		ctx.Response.SetBody((*bp)[:n])
+		bodyBuffers.Put(bp)
+		up.Close()
+	case nil: // larger: send what we have, then stream the rest
+		up.Reader = io.MultiReader(bytes.NewReader(*bp), body)
+		up.buf = bp
+		ctx.Response.SetBodyStream(up, -1)
+	default:
+		bodyBuffers.Put(bp)
+		up.closeWithError(err)
+		ctx.Response.Reset()
+		if clientClose {
+			ctx.SetConnectionClose()
+		}
+		return p.upstreamError(ctx, method, out.Path, fmt.Errorf("read response body: %w", err))
+	}
+	return code
+}
+
+// upstreamBody is a response body being streamed from the HTTP/1.1 pool to
+// the client; fasthttp closes it when the response is written (or fails),
+// which hands the upstream connection back to the pool.
+type upstreamBody struct {
+	io.Reader
+	res  *fasthttp.Response
+	buf  *[]byte
+	once sync.Once
+}
+
+func (b *upstreamBody) Close() error { return b.closeWithError(nil) }
+
+func (b *upstreamBody) closeWithError(cause error) error {
+	var err error
+	b.once.Do(func() {
+		if s, ok := b.res.BodyStream().(fasthttp.ReadCloserWithError); ok && cause != nil {
+			err = s.CloseWithError(cause)
+		} else {
+			err = b.res.CloseBodyStream()
+		}
+		fasthttp.ReleaseResponse(b.res)
+		if b.buf != nil {
+			bodyBuffers.Put(b.buf)
+		}
+	})
+	return err
 }
 
 // Small complete responses (a get, a list of a few dozen objects) are read
@@ -146,35 +266,21 @@ const bufferLimit = 32 << 10
 
 var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, bufferLimit); return &b }}
 
-func bufferComplete(res *http.Response) error {
-	if res.ContentLength != -1 || !bufferable(res) {
-		return nil
-	}
-	bp := bodyBuffers.Get().(*[]byte)
-	n, err := io.ReadFull(res.Body, *bp)
-	switch err {
-	case io.EOF, io.ErrUnexpectedEOF: // the whole body fit
-		res.Body.Close()
-		res.Body = &bufferedBody{Reader: bytes.NewReader((*bp)[:n]), buf: bp}
-		res.ContentLength = int64(n)
-		res.Header.Set("Content-Length", strconv.Itoa(n))
-		res.TransferEncoding = nil
-	case nil: // larger: send what we have, then stream the rest
-		res.Body = &bufferedBody{Reader: io.MultiReader(bytes.NewReader(*bp), res.Body), buf: bp, rest: res.Body}
-	default:
-		res.Body.Close()
-		bodyBuffers.Put(bp)
-		return fmt.Errorf("read response body: %w", err)
-	}
-	return nil
+// streaming reports a request whose response may stream for as long as the
+// client wants. Cheap and deliberately broad: any query mentioning watch or
+// follow, any watch path or proxy subresource.
+func streaming(rawQuery, path string) bool {
+	return strings.Contains(rawQuery, "watch") || strings.Contains(rawQuery, "follow") ||
+		strings.Contains(path, "/watch") || strings.Contains(path, "/proxy")
 }
 
-func bufferable(res *http.Response) bool {
-	req := res.Request
-	if req.Method == http.MethodHead || res.StatusCode < 200 || res.StatusCode == http.StatusNoContent {
+// bufferable reports a response worth reading whole before answering: a
+// body (not HEAD, 1xx or 204) of a Kubernetes API type, not a stream.
+func bufferable(method string, code int, contentType string) bool {
+	if method == fasthttp.MethodHead || code < 200 || code == fasthttp.StatusNoContent {
 		return false
 	}
-	ct := res.Header.Get("Content-Type")
+	ct := contentType
 	if strings.Contains(ct, "stream=") {
 		return false
 	}
@@ -183,41 +289,118 @@ func bufferable(res *http.Response) bool {
 	}
 	switch strings.ToLower(strings.TrimSpace(ct)) {
 	case "application/json", "application/yaml", "application/vnd.kubernetes.protobuf":
-	default:
-		return false
+		return true
 	}
-	// Cheap and deliberately broad: any query mentioning watch or follow,
-	// any watch path or proxy subresource streams.
-	q, path := req.URL.RawQuery, req.URL.Path
-	return !strings.Contains(q, "watch") && !strings.Contains(q, "follow") &&
-		!strings.Contains(path, "/watch") && !strings.Contains(path, "/proxy")
+	return false
 }
 
-type bufferedBody struct {
-	io.Reader
-	buf  *[]byte
-	rest io.Closer // upstream body still being read, if any
+// hopHeaders are the hop-by-hop headers (RFC 9110 7.6.1) that a proxy must
+// not pass on, the list httputil.ReverseProxy drops.
+var hopHeaders = []string{
+	"Connection",
+	"Proxy-Connection", // non-standard but still sent by libcurl and rejected by e.g. google
+	"Keep-Alive",
+	"Proxy-Authenticate",
+	"Proxy-Authorization",
+	"Te",      // canonicalized version of "TE"
+	"Trailer", // not Trailers per URL above; https://www.rfc-editor.org/errata_search.php?eid=4522
+	"Transfer-Encoding",
+	"Upgrade",
 }
 
-func (b *bufferedBody) Close() error {
-	var err error
-	if b.rest != nil {
-		err = b.rest.Close()
-		b.rest = nil
+// forwardingHeaders are client-supplied claims about earlier hops that
+// httputil.ReverseProxy strips (with Rewrite): the app could spoof them.
+var forwardingHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
+// connectionTokens are the header names a Connection header lists, which
+// are hop-by-hop too.
+func connectionTokens(values [][]byte) []string {
+	var names []string
+	for _, v := range values {
+		for _, f := range strings.Split(string(v), ",") {
+			if f = strings.TrimSpace(f); f != "" && !strings.EqualFold(f, "close") && !strings.EqualFold(f, "keep-alive") {
+				names = append(names, f)
+			}
+		}
 	}
-	if b.buf != nil {
-		bodyBuffers.Put(b.buf)
-		b.buf = nil
-	}
-	return err
+	return names
 }
 
-type bufferPool struct{}
+func dropHopHeaders(h *fasthttp.RequestHeader) {
+	if conn := h.PeekAll(fasthttp.HeaderConnection); len(conn) > 0 {
+		for _, name := range connectionTokens(conn) {
+			h.Del(name)
+		}
+	}
+	// "Te: trailers" is end to end in practice (gRPC); ReverseProxy
+	// keeps it too.
+	te := strings.Contains(strings.ToLower(string(h.Peek("Te"))), "trailers")
+	for _, name := range hopHeaders {
+		h.Del(name)
+	}
+	for _, name := range forwardingHeaders {
+		h.Del(name)
+	}
+	// The body has been read whole already; the API server must not
+	// wait for a go-ahead that nobody will relay.
+	h.Del("Expect")
+	if te {
+		h.Set("Te", "trailers")
+	}
+}
 
-var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+func dropResponseHopHeaders(h *fasthttp.ResponseHeader) {
+	if conn := h.PeekAll(fasthttp.HeaderConnection); len(conn) > 0 {
+		for _, name := range connectionTokens(conn) {
+			h.Del(name)
+		}
+	}
+	for _, name := range hopHeaders {
+		h.Del(name)
+	}
+}
 
-func (bufferPool) Get() []byte  { return *buffers.Get().(*[]byte) }
-func (bufferPool) Put(b []byte) { buffers.Put(&b) }
+// singleJoiningSlash joins the upstream's base path and the request path
+// the way httputil.ReverseProxy does.
+func singleJoiningSlash(a, b string) string {
+	aslash, bslash := strings.HasSuffix(a, "/"), strings.HasPrefix(b, "/")
+	switch {
+	case aslash && bslash:
+		return a + b[1:]
+	case !aslash && !bslash:
+		return a + "/" + b
+	}
+	return a + b
+}
+
+// cleanQueryParams removes query parameters that net/url cannot parse (a
+// ';' separator, a bad escape), re-encoding the rest, as
+// httputil.ReverseProxy does: the API server must not read the query
+// differently from the policy and the streaming check.
+func cleanQueryParams(s string) string {
+	reencode := func(s string) string {
+		v, _ := url.ParseQuery(s)
+		return v.Encode()
+	}
+	for i := 0; i < len(s); {
+		switch s[i] {
+		case ';':
+			return reencode(s)
+		case '%':
+			if i+2 >= len(s) || !ishex(s[i+1]) || !ishex(s[i+2]) {
+				return reencode(s)
+			}
+			i += 3
+		default:
+			i++
+		}
+	}
+	return s
+}
+
+func ishex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
 
 // allowedHost is the DNS-rebinding defence of kubectl proxy's default
 // --accept-hosts: a browser tricked into resolving evil.example to
@@ -232,41 +415,20 @@ func allowedHost(hostport string) bool {
 	return strings.EqualFold(host, "localhost") || host == "127.0.0.1" || host == "::1"
 }
 
-// isUpgrade reports a request asking to switch protocols (SPDY or
-// WebSocket exec/attach/portforward, or any other upgrade).
-func isUpgrade(h http.Header) bool {
-	if h.Get("Upgrade") != "" {
-		return true
-	}
-	for _, v := range h.Values("Connection") {
-		for _, tok := range strings.Split(v, ",") {
+// upgradeType reports a request asking to switch protocols (SPDY or
+// WebSocket exec/attach/portforward, or any other upgrade): an Upgrade
+// header or an "upgrade" Connection token, either one, is an upgrade for
+// the policy. typ is what is asked for upstream, as httputil.ReverseProxy
+// does it: the Upgrade header when Connection names it, else "" (the
+// request goes up as an ordinary one, its hop-by-hop headers dropped).
+func upgradeType(h *fasthttp.RequestHeader) (upgrade bool, typ string) {
+	up := h.Peek("Upgrade")
+	for _, v := range h.PeekAll(fasthttp.HeaderConnection) {
+		for _, tok := range strings.Split(string(v), ",") {
 			if strings.EqualFold(strings.TrimSpace(tok), "upgrade") {
-				return true
+				return true, string(up)
 			}
 		}
 	}
-	return false
+	return len(up) > 0, ""
 }
-
-// recorder remembers the status code for metrics. Unwrap lets
-// http.ResponseController (used by ReverseProxy) reach Flush and Hijack.
-type recorder struct {
-	http.ResponseWriter
-	code int
-}
-
-func (r *recorder) WriteHeader(code int) {
-	if r.code == 0 && code >= 200 {
-		r.code = code
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *recorder) Write(b []byte) (int, error) {
-	if r.code == 0 {
-		r.code = http.StatusOK
-	}
-	return r.ResponseWriter.Write(b)
-}
-
-func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }

@@ -29,7 +29,12 @@ func TestTokenSentRotatedAndClientAuthorizationDropped(t *testing.T) {
 	assert.JSONEq(t, `{"kind":"PodList","path":"/api/v1/namespaces/a/pods"}`, body)
 	got := api.last(t)
 	assert.Equal(t, []string{"Bearer token-1"}, got.Header.Values("Authorization"), "pod token sent, app's dropped")
-	assert.Equal(t, 2, got.ProtoMajor, "upstream speaks HTTP/2")
+	assert.Equal(t, 1, got.ProtoMajor, "plain requests go over the HTTP/1.1 keep-alive pool")
+	code, _ = h.do(t, "GET", "/api/v1/namespaces/a/pods?watch=1", http.Header{"Authorization": {"Bearer app-own-token"}})
+	require.Equal(t, http.StatusOK, code)
+	got = api.last(t)
+	assert.Equal(t, []string{"Bearer token-1"}, got.Header.Values("Authorization"), "pod token sent on streams too, app's dropped")
+	assert.Equal(t, 2, got.ProtoMajor, "streams go over HTTP/2")
 
 	// Kubelet rotates the projected token by swapping "..data".
 	vol.write("token-2", api.caPEM())

@@ -17,9 +17,11 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 
 	"github.com/podmeta/podmeta/ops"
 	"github.com/podmeta/podmeta/policy"
@@ -48,12 +50,13 @@ type Config struct {
 
 // Server is a running-to-be ambassador: listeners are open after New.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	creds   *credentials
-	proxy   *proxy
-	ln, hln net.Listener
-	reg     prometheus.Gatherer
+	cfg   Config
+	log   *slog.Logger
+	creds *credentials
+	proxy *proxy
+	ln    *trackingListener
+	hln   net.Listener
+	reg   prometheus.Gatherer
 }
 
 // New validates cfg, loads the credentials (missing files make the server
@@ -85,11 +88,15 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, gatherer prome
 	}
 	m := newMetrics(reg)
 	s := &Server{cfg: cfg, log: log, reg: gatherer}
-	s.creds = newCredentials(cfg.TokenFile, cfg.CAFile, log, m, newTransport)
+	s.creds = newCredentials(cfg.TokenFile, cfg.CAFile, log, m, func(pool *x509.CertPool) upstreamClients {
+		return upstreamClients{plain: newPlainClient(up, pool), streams: newTransport(pool)}
+	})
 	s.proxy = newProxy(up, cfg.CAFile, cfg.Policy, s.creds, log, m)
-	if s.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
 		return nil, fmt.Errorf("--listen: %w", err)
 	}
+	s.ln = &trackingListener{Listener: ln, conns: map[*trackedConn]struct{}{}}
 	if s.hln, err = net.Listen("tcp", cfg.HealthListen); err != nil {
 		s.ln.Close()
 		return nil, fmt.Errorf("--health-listen: %w", err)
@@ -110,14 +117,37 @@ func (s *Server) Run(ctx context.Context) error {
 	defer stopWatch()
 	go s.creds.watch(watchCtx, s.cfg.PollInterval, !s.cfg.noWatch)
 
-	ps := &http.Server{
-		Handler: s.proxy,
-		// Headers must arrive promptly (slowloris); bodies and
-		// responses have no deadline because watches and logs stream
-		// for as long as the client wants.
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	ps := &fasthttp.Server{
+		Handler:      s.proxy.handle,
+		ErrorHandler: s.proxy.requestError,
+		// Parse errors quote the request head, which may carry the
+		// app's own Authorization header: never log it.
+		SecureErrorLogMessage: true,
+		// Headers and bodies must arrive promptly (slowloris); responses
+		// have no deadline because watches and logs stream for as long
+		// as the client wants (they run on hijacked connections, which
+		// no server timeout applies to).
+		ReadTimeout: 10 * time.Second,
+		IdleTimeout: 2 * time.Minute,
+		// The buffer also bounds the request head: 16 KiB fits any
+		// client-go request (net/http allowed 1 MiB) and keeps the
+		// per-connection memory small.
+		ReadBufferSize: 16 << 10,
+		// Bodies are read whole before the request goes upstream; the
+		// API server itself refuses bodies over 3 MiB by default.
+		MaxRequestBodySize: maxRequestBody,
+		// Bodies pass through untouched, multipart ones too.
+		DisablePreParseMultipartForm: true,
+		// Answers are the API server's, not ours: no Server header,
+		// no invented Content-Type, no Date the API server did not send.
+		NoDefaultServerHeader: true,
+		NoDefaultContentType:  true,
+		NoDefaultDate:         true,
+		// Streams and upgrades own their connection after the hijack;
+		// Run closes the ones still open after the drain period.
+		KeepHijackedConns: true,
+		CloseOnShutdown:   true,
+		Logger:            slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	hs := ops.NewServer("", ops.Handler(s.reg, s.creds.ready, s.log), s.log)
 	errc := make(chan error, 2)
@@ -135,14 +165,135 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
-	if serr := ps.Shutdown(sctx); serr != nil {
-		ps.Close()
-	}
+	// fasthttp closes the listener and idle connections, then waits for
+	// requests in flight; hijacked streams (watches, logs, exec) are not
+	// its own any more, so they get the rest of the drain period here.
+	_ = ps.ShutdownWithContext(sctx)
+	s.ln.drain(sctx)
+	s.ln.closeAll()
 	hs.Close()
 	if t, terr := s.creds.transport(); terr == nil {
 		t.CloseIdleConnections()
 	}
+	if c, cerr := s.creds.client(); cerr == nil {
+		c.CloseIdleConnections()
+	}
 	return err
+}
+
+// maxRequestBody bounds a request body the ambassador holds in memory.
+const maxRequestBody = 16 << 20
+
+// trackingListener remembers the proxy's open connections so shutdown can
+// wait for hijacked streams and cut those still open at the deadline.
+type trackingListener struct {
+	net.Listener
+	mu    sync.Mutex
+	conns map[*trackedConn]struct{}
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	tc := &trackedConn{Conn: c, l: l}
+	l.mu.Lock()
+	l.conns[tc] = struct{}{}
+	l.mu.Unlock()
+	return tc, nil
+}
+
+func (l *trackingListener) open() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns)
+}
+
+// drain waits until every connection is closed or ctx ends.
+func (l *trackingListener) drain(ctx context.Context) {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for l.open() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (l *trackingListener) closeAll() {
+	l.mu.Lock()
+	conns := make([]*trackedConn, 0, len(l.conns))
+	for c := range l.conns {
+		conns = append(conns, c)
+	}
+	l.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+type trackedConn struct {
+	net.Conn
+	l    *trackingListener
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		delete(c.l.conns, c)
+		c.l.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+// newPlainClient is the upstream client for plain requests for one CA
+// bundle: a pool of HTTP/1.1 keep-alive connections. Dial does the TLS
+// handshake itself so that it has a deadline and fails with crypto/tls's
+// own errors, which classify turns into messages naming ca.crt.
+func newPlainClient(up *url.URL, pool *x509.CertPool) *fasthttp.HostClient {
+	host, port := up.Hostname(), up.Port()
+	if port == "" {
+		port = "443"
+	}
+	tlsConfig := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, ServerName: host}
+	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	return &fasthttp.HostClient{
+		Addr:  net.JoinHostPort(host, port),
+		IsTLS: true,
+		Dial: func(addr string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			raw, err := dialer.DialContext(ctx, "tcp", addr)
+			if err != nil {
+				return nil, err
+			}
+			c := tls.Client(raw, tlsConfig)
+			if err := c.HandshakeContext(ctx); err != nil {
+				raw.Close()
+				return nil, err
+			}
+			return c, nil
+		},
+		// Well under kube-apiserver's 90 s idle timeout, so the API
+		// server never closes a connection as it is being reused: that
+		// fails a POST or PATCH, which (unlike a GET) is not retried.
+		MaxIdleConnDuration: 30 * time.Second,
+		// More concurrent requests than connections wait for one
+		// instead of failing at once.
+		MaxConnWaitTimeout: 10 * time.Second,
+		// Also the response head limit (fasthttp's default is 4 KiB;
+		// long Warning headers must fit).
+		ReadBufferSize:           16 << 10,
+		NoDefaultUserAgentHeader: true,
+		// The path is sent exactly as the proxy built it.
+		DisablePathNormalizing: true,
+		// Bodies are passed on as they arrive, never held whole.
+		StreamResponseBody: true,
+	}
 }
 
 // newTransport is the upstream transport for one CA bundle. HTTP/2 (like

@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+
+	"github.com/valyala/fasthttp"
 )
 
 // status is the subset of metav1.Status that clients (kubectl, client-go)
@@ -36,9 +38,10 @@ type statusCause struct {
 	Field   string `json:"field,omitempty"`
 }
 
-// writeStatus writes a Failure Status. rule, when set, is named as the cause
-// so a client can tell which policy rule refused it.
-func writeStatus(w http.ResponseWriter, code int, reason, message, rule string) {
+// statusBody is a Failure Status as JSON with a trailing newline. rule,
+// when set, is named as the cause so a client can tell which policy rule
+// refused it.
+func statusBody(code int, reason, message, rule string) []byte {
 	s := status{
 		Kind:       "Status",
 		APIVersion: "v1",
@@ -51,12 +54,29 @@ func writeStatus(w http.ResponseWriter, code int, reason, message, rule string) 
 		s.Details = &statusDetails{Causes: []statusCause{{Type: "PodmetaAmbassadorPolicy", Message: rule, Field: "rule"}}}
 	}
 	body, _ := json.Marshal(s) // cannot fail: only strings and ints
+	return append(body, '\n')
+}
+
+// writeStatus writes a Failure Status (see statusBody).
+func writeStatus(w http.ResponseWriter, code int, reason, message, rule string) {
+	body := statusBody(code, reason, message, rule)
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Content-Length", strconv.Itoa(len(body)+1))
+	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(code)
-	_, _ = w.Write(append(body, '\n'))
+	_, _ = w.Write(body)
+}
+
+// writeStatusCtx is writeStatus for the fasthttp proxy listener; it returns
+// code for the metrics.
+func writeStatusCtx(ctx *fasthttp.RequestCtx, code int, reason, message, rule string) int {
+	ctx.Response.Reset()
+	ctx.SetStatusCode(code)
+	ctx.SetContentType("application/json")
+	ctx.Response.Header.Set("X-Content-Type-Options", "nosniff")
+	ctx.SetBody(statusBody(code, reason, message, rule))
+	return code
 }
 
 // errClientGone marks requests whose client went away; nothing is written.
