@@ -1,6 +1,7 @@
 package patch
 
 import (
+	"maps"
 	"slices"
 	"strconv"
 
@@ -110,13 +111,8 @@ func appendStrings[S ~string](b []byte, list []S) []byte {
 // appendResourceList writes a ResourceList with its keys sorted, as
 // encoding/json writes maps.
 func appendResourceList(b []byte, l corev1.ResourceList) ([]byte, bool) {
-	keys := make([]corev1.ResourceName, 0, len(l))
-	for k := range l {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
 	b = append(b, '{')
-	for i, k := range keys {
+	for i, k := range slices.Sorted(maps.Keys(l)) {
 		if i > 0 {
 			b = append(b, ',')
 		}
