@@ -19,11 +19,11 @@ import (
 // does not send, go to encoding/json.
 func appendAnswer(b []byte, typ metav1.TypeMeta, resp *admissionv1.AdmissionResponse) ([]byte, error) {
 	if resp.Result != nil || len(resp.AuditAnnotations) > 0 {
-		w := appendWriter{b}
-		if err := json.NewEncoder(&w).Encode(&admissionv1.AdmissionReview{TypeMeta: typ, Response: resp}); err != nil {
+		enc, err := json.Marshal(&admissionv1.AdmissionReview{TypeMeta: typ, Response: resp})
+		if err != nil {
 			return nil, err
 		}
-		return w.b[:len(w.b)-1], nil // Encode adds a newline
+		return append(b, enc...), nil
 	}
 	b = append(b, '{')
 	if typ.Kind != "" {
@@ -65,11 +65,4 @@ func appendAnswer(b []byte, typ metav1.TypeMeta, resp *admissionv1.AdmissionResp
 		b = append(b, ']')
 	}
 	return append(b, "}}"...), nil
-}
-
-type appendWriter struct{ b []byte }
-
-func (w *appendWriter) Write(p []byte) (int, error) {
-	w.b = append(w.b, p...)
-	return len(p), nil
 }

@@ -243,31 +243,28 @@ func appendDownwardItems(b []byte, items []corev1.DownwardAPIVolumeFile) ([]byte
 	if len(items) == 0 {
 		return b, true
 	}
-	b = append(b, `"items":[`...)
-	for i := range items {
-		it := &items[i]
-		if it.Mode != nil || it.User != nil {
+	b = append(b, `"items":`...)
+	return appendList(b, items, appendDownwardItem)
+}
+
+func appendDownwardItem(b []byte, it *corev1.DownwardAPIVolumeFile) ([]byte, bool) {
+	if it.Mode != nil || it.User != nil {
+		return b, false
+	}
+	b = append(b, `{"path":`...)
+	b = appendString(b, it.Path)
+	if it.FieldRef != nil {
+		b = append(b, `,"fieldRef":`...)
+		b = appendFieldSelector(b, it.FieldRef)
+	}
+	if it.ResourceFieldRef != nil {
+		b = append(b, `,"resourceFieldRef":`...)
+		var ok bool
+		if b, ok = appendResourceSelector(b, it.ResourceFieldRef); !ok {
 			return b, false
 		}
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, `{"path":`...)
-		b = appendString(b, it.Path)
-		if it.FieldRef != nil {
-			b = append(b, `,"fieldRef":`...)
-			b = appendFieldSelector(b, it.FieldRef)
-		}
-		if it.ResourceFieldRef != nil {
-			b = append(b, `,"resourceFieldRef":`...)
-			var ok bool
-			if b, ok = appendResourceSelector(b, it.ResourceFieldRef); !ok {
-				return b, false
-			}
-		}
-		b = append(b, '}')
 	}
-	return append(b, ']'), true
+	return append(b, '}'), true
 }
 
 func appendStringMap(b []byte, m map[string]string) []byte {

@@ -271,22 +271,11 @@ func appendProjection(b []byte, s *corev1.VolumeProjection) ([]byte, bool) {
 			}
 		}
 		if len(c.Items) > 0 {
-			b = append(b, `"items":[`...)
-			for i := range c.Items {
-				k := &c.Items[i]
-				if k.Mode != nil || k.User != nil {
-					return b, false
-				}
-				if i > 0 {
-					b = append(b, ',')
-				}
-				b = append(b, `{"key":`...)
-				b = appendString(b, k.Key)
-				b = append(b, `,"path":`...)
-				b = appendString(b, k.Path)
-				b = append(b, '}')
+			b = append(b, `"items":`...)
+			var ok bool
+			if b, ok = appendList(b, c.Items, appendKeyToPath); !ok {
+				return b, false
 			}
-			b = append(b, ']')
 		}
 		return append(b, "}}"...), true
 	case s.ServiceAccountToken != nil && s.DownwardAPI == nil && s.ConfigMap == nil:
@@ -310,4 +299,15 @@ func appendProjection(b []byte, s *corev1.VolumeProjection) ([]byte, bool) {
 		return append(b, "}}"...), true
 	}
 	return b, false
+}
+
+func appendKeyToPath(b []byte, k *corev1.KeyToPath) ([]byte, bool) {
+	if k.Mode != nil || k.User != nil {
+		return b, false
+	}
+	b = append(b, `{"key":`...)
+	b = appendString(b, k.Key)
+	b = append(b, `,"path":`...)
+	b = appendString(b, k.Path)
+	return append(b, '}'), true
 }
