@@ -1,6 +1,7 @@
 // Command ambassador-bench measures what podmeta-ambassador adds on top of
-// calling the API server directly, and compares it with `kubectl proxy` on
-// the same upstream in the same run.
+// calling the API server directly, and compares it with `kubectl proxy` and
+// with a byte relay (the floor of any proxy process, see relay.go) on the
+// same upstream in the same run.
 //
 // Everything runs on loopback: an in-process TLS HTTP/2 API-server stand-in
 // serves a ~21 KB JSON list; the ambassador (and kubectl proxy, when a
@@ -40,13 +41,23 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == relayCommand {
+		if err := relayMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "ambassador-bench relay:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "ambassador-bench:", err)
 		os.Exit(1)
 	}
 }
 
-const listPath = "/api/v1/namespaces/default/pods"
+const (
+	listPath  = "/api/v1/namespaces/default/pods"
+	relayName = "byte relay (floor of any proxy process)"
+)
 
 type options struct {
 	ambassador string // binary; built from ./cmd/ambassador when empty
@@ -57,6 +68,7 @@ type options struct {
 	rounds     int
 	ambEnv     string // extra KEY=VALUE,... for the ambassador process
 	syscalls   bool
+	relay      bool
 }
 
 func run() error {
@@ -68,6 +80,7 @@ func run() error {
 	flag.IntVar(&o.clients, "clients", 16, "concurrent clients in the throughput rounds")
 	flag.IntVar(&o.rounds, "rounds", 7, "interleaved rounds per target")
 	flag.StringVar(&o.ambEnv, "ambassador-env", "", "extra environment for the ambassador, KEY=VALUE,...; several variants separated by ; each get their own process (e.g. \"GOGC=100;GOGC=50\")")
+	flag.BoolVar(&o.relay, "relay", true, "also measure a byte relay process between the client and the API server: the floor of any proxy in its own process on this machine")
 	flag.BoolVar(&o.syscalls, "syscalls", true, "count each proxy's system calls per request with strace -c (skipped without strace)")
 	flag.Parse()
 
@@ -136,6 +149,26 @@ func run() error {
 		}
 		defer stop(amb)
 		targets = append(targets, &target{name: name, url: "http://127.0.0.1:" + ambPort + listPath, client: plainClient(o.clients), pid: amb.Process.Pid})
+	}
+
+	if o.relay {
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		rport := freePort()
+		rc := exec.Command(self, relayCommand, "127.0.0.1:"+rport, strings.TrimPrefix(api.URL, "https://"))
+		// One CPU's worth of threads, like the ambassador's default.
+		rc.Env = append(os.Environ(), "GOMAXPROCS=1")
+		rc.Stderr = os.Stderr
+		if err := rc.Start(); err != nil {
+			return err
+		}
+		defer stop(rc)
+		// The direct client's TLS and HTTP/2 pass through unchanged (the
+		// certificate names 127.0.0.1), so only the hop differs.
+		targets = append(targets, &target{name: relayName, url: "https://127.0.0.1:" + rport + listPath, pid: rc.Process.Pid,
+			client: targets[0].client, header: targets[0].header})
 	}
 
 	if o.kubectl != "" {
@@ -419,14 +452,21 @@ func report(w io.Writer, ts []*target, o options, size int) {
 		}
 		fmt.Fprintf(w, "| %s | %.3f ms | %s | %.3f ms | %.0f | %s | %s | %s | %s | %s |\n", t.name, ms(m), added, ms(median(t.p99s)), r, ratio, cpu, sys, rss, anon)
 	}
-	var amb, kp *target
+	var amb, kp, rl *target
 	for _, t := range ts {
 		switch {
 		case amb == nil && strings.HasPrefix(t.name, "podmeta-ambassador"):
 			amb = t
 		case t.name == "kubectl proxy":
 			kp = t
+		case t.name == relayName:
+			rl = t
 		}
+	}
+	if amb != nil && rl != nil {
+		fmt.Fprintf(w, "\nambassador vs byte relay: added median latency %+.3f ms vs %+.3f ms (%.2f), throughput vs direct %.2f vs %.2f\n",
+			ms(addedLatency(amb, base)), ms(addedLatency(rl, base)), ms(addedLatency(amb, base))/ms(addedLatency(rl, base)),
+			throughputRatio(amb, base), throughputRatio(rl, base))
 	}
 	if amb != nil && kp != nil {
 		fmt.Fprintf(w, "\nambassador / kubectl proxy: added median latency %.2f, CPU per request %.2f, peak RSS %.2f",

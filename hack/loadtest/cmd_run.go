@@ -84,6 +84,7 @@ func runNull(ctx context.Context, args []string, stderr io.Writer) error {
 type serverFlags struct {
 	webhookBin  string
 	webhookArgs repeated
+	webhookEnv  repeated
 	path        string
 	cpu         int
 	workDir     string
@@ -93,6 +94,7 @@ type serverFlags struct {
 func (s *serverFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.webhookBin, "webhook-bin", "", "webhook binary, started as BIN serve --listen ... (see BENCHMARKS.md)")
 	fs.Var(&s.webhookArgs, "webhook-arg", "extra flag for the webhook's serve command (repeatable), e.g. --webhook-arg=--config=FILE")
+	fs.Var(&s.webhookEnv, "webhook-env", "extra KEY=VALUE in the webhook's environment only (repeatable), e.g. --webhook-env=GOGC=50")
 	fs.StringVar(&s.path, "path", "/mutate", "admission endpoint path")
 	fs.IntVar(&s.cpu, "server-cpu", -1, "pin servers to this CPU with taskset (-1: no pinning)")
 	fs.StringVar(&s.workDir, "work-dir", "", "keep certificates and server logs here (default: a temporary directory, removed)")
@@ -102,6 +104,11 @@ func (s *serverFlags) register(fs *flag.FlagSet) {
 func (s *serverFlags) setup(name string) (*scenario.Env, scenario.Servers, func(), error) {
 	if s.webhookBin == "" {
 		return nil, scenario.Servers{}, nil, fmt.Errorf("%s: --webhook-bin is required", name)
+	}
+	for _, kv := range s.webhookEnv {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return nil, scenario.Servers{}, nil, fmt.Errorf("%s: --webhook-env %q: want KEY=VALUE", name, kv)
+		}
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -126,7 +133,7 @@ func (s *serverFlags) setup(name string) (*scenario.Env, scenario.Servers, func(
 		return nil, scenario.Servers{}, nil, err
 	}
 	return env, scenario.Servers{
-		WebhookArgv: []string{bin, "serve"}, WebhookArgs: s.webhookArgs, WebhookPath: s.path,
+		WebhookArgv: []string{bin, "serve"}, WebhookArgs: s.webhookArgs, WebhookEnv: s.webhookEnv, WebhookPath: s.path,
 		NullArgv: []string{self, "null", "--json=" + s.nullJSON}, CPU: s.cpu,
 	}, cleanup, nil
 }

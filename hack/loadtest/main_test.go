@@ -95,4 +95,5 @@ func TestUsage(t *testing.T) {
 	assert.ErrorContains(t, run(context.Background(), []string{"bogus"}, os.Stdout, os.Stderr), "unknown command")
 	assert.ErrorContains(t, run(context.Background(), []string{"bench"}, os.Stdout, os.Stderr), "--webhook-bin")
 	assert.ErrorContains(t, run(context.Background(), []string{"bench", "--webhook-bin", "x", "--pods", "huge"}, os.Stdout, os.Stderr), "unknown pod size")
+	assert.ErrorContains(t, run(context.Background(), []string{"bench", "--webhook-bin", "x", "--webhook-env", "GOGC"}, os.Stdout, os.Stderr), "want KEY=VALUE")
 }

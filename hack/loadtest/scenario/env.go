@@ -59,6 +59,10 @@ type Servers struct {
 	// [bin/webhook, "serve"]) and its extra flags.
 	WebhookArgv []string
 	WebhookArgs []string
+	// WebhookEnv is extra environment for the webhook only (e.g. GOGC=50),
+	// so runtime settings are compared without touching the null server or
+	// the load generator.
+	WebhookEnv  []string
 	WebhookPath string // default /mutate
 	// NullArgv starts the null baseline, e.g. [loadtest, "null"].
 	NullArgv []string
@@ -82,7 +86,7 @@ func (e *Env) Start(ctx context.Context, s Servers, name string) (*target.Proces
 	case Null:
 		spec.Argv = s.NullArgv
 	case Webhook:
-		spec.Argv, spec.Args = s.WebhookArgv, s.WebhookArgs
+		spec.Argv, spec.Args, spec.Env = s.WebhookArgv, s.WebhookArgs, s.WebhookEnv
 	default:
 		return nil, fmt.Errorf("scenario: unknown target %q", name)
 	}
