@@ -33,10 +33,13 @@ type proxy struct {
 	creds    *credentials
 	log      *slog.Logger
 	m        *metrics
+	// conns are the app's open connections, hijacked streams included,
+	// for the shutdown.
+	conns *connSet
 }
 
 func newProxy(upstream *url.URL, caFile string, pol policy.Policy, creds *credentials, log *slog.Logger, m *metrics) *proxy {
-	return &proxy{upstream: upstream, caFile: caFile, policy: pol, creds: creds, log: log, m: m}
+	return &proxy{upstream: upstream, caFile: caFile, policy: pol, creds: creds, log: log, m: m, conns: newConnSet()}
 }
 
 // handle is the fasthttp handler. Requests handed to stream are counted

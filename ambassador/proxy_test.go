@@ -583,4 +583,53 @@ func TestShutdownEndsLongWatches(t *testing.T) {
 	}
 	_, err = http.Get("http://" + srv.Addr().String() + "/api")
 	assert.Error(t, err, "listener closed")
+	// The watch was cut, not left running.
+	ended := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, res.Body); ended <- err }()
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watch's connection is still open after Run returned")
+	}
+	assert.Zero(t, srv.proxy.conns.open())
+}
+
+// TestConnectionsTracked: the shutdown knows every open connection of the
+// app, streams included, from fasthttp's ConnState (the listener stays a
+// bare *net.TCPListener: fasthttp sends a response's head and body in one
+// writev only on a *net.TCPConn).
+func TestConnectionsTracked(t *testing.T) {
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, "{}\n")
+		if r.URL.Query().Get("watch") != "" {
+			http.NewResponseController(w).Flush()
+			<-r.Context().Done()
+		}
+	})
+	vol := newSAVolume(t, "tok", api.caPEM())
+	srv, err := New(Config{Listen: "127.0.0.1:0", HealthListen: "127.0.0.1:0", Upstream: api.URL,
+		TokenFile: vol.token(), CAFile: vol.ca(), Policy: policy.Policy{Mode: policy.ReadOnly},
+		ShutdownTimeout: time.Second}, nil, nil, nil)
+	require.NoError(t, err)
+	assert.IsType(t, &net.TCPListener{}, srv.ln)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = srv.Run(ctx) }()
+
+	plain := &http.Client{Transport: &http.Transport{}}
+	res, err := plain.Get("http://" + srv.Addr().String() + "/api/v1/pods")
+	require.NoError(t, err)
+	_, _ = io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	watch, err := http.Get("http://" + srv.Addr().String() + "/api/v1/pods?watch=1")
+	require.NoError(t, err)
+	_, err = bufio.NewReader(watch.Body).ReadString('\n')
+	require.NoError(t, err)
+	assert.Equal(t, 2, srv.proxy.conns.open(), "a keep-alive connection and a hijacked stream")
+
+	plain.CloseIdleConnections()
+	watch.Body.Close()
+	assert.Eventually(t, func() bool { return srv.proxy.conns.open() == 0 }, 5*time.Second, 10*time.Millisecond,
+		"both forgotten once closed")
 }

@@ -54,7 +54,7 @@ type Server struct {
 	log   *slog.Logger
 	creds *credentials
 	proxy *proxy
-	ln    *trackingListener
+	ln    net.Listener
 	hln   net.Listener
 	reg   prometheus.Gatherer
 }
@@ -96,7 +96,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, gatherer prome
 	if err != nil {
 		return nil, fmt.Errorf("--listen: %w", err)
 	}
-	s.ln = &trackingListener{Listener: ln, conns: map[*trackedConn]struct{}{}}
+	s.ln = ln
 	if s.hln, err = net.Listen("tcp", cfg.HealthListen); err != nil {
 		s.ln.Close()
 		return nil, fmt.Errorf("--health-listen: %w", err)
@@ -149,6 +149,7 @@ func (s *Server) Run(ctx context.Context) error {
 		// Run closes the ones still open after the drain period.
 		KeepHijackedConns: true,
 		CloseOnShutdown:   true,
+		ConnState:         s.proxy.conns.track,
 		Logger:            slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	hs := ops.NewServer("", ops.Handler(s.reg, s.creds.ready, s.log), s.log)
@@ -171,8 +172,8 @@ func (s *Server) Run(ctx context.Context) error {
 	// requests in flight; hijacked streams (watches, logs, exec) are not
 	// its own any more, so they get the rest of the drain period here.
 	_ = ps.ShutdownWithContext(sctx)
-	s.ln.drain(sctx)
-	s.ln.closeAll()
+	s.proxy.conns.drain(sctx)
+	s.proxy.conns.closeAll()
 	hs.Close()
 	if t, terr := s.creds.transport(); terr == nil {
 		t.CloseIdleConnections()
@@ -186,37 +187,48 @@ func (s *Server) Run(ctx context.Context) error {
 // maxRequestBody bounds a request body the ambassador holds in memory.
 const maxRequestBody = 16 << 20
 
-// trackingListener remembers the proxy's open connections so shutdown can
-// wait for hijacked streams and cut those still open at the deadline.
-type trackingListener struct {
-	net.Listener
+// connSet is the app's open connections. fasthttp reports them through
+// Server.ConnState; a wrapping listener would do it too, but fasthttp writes
+// a response's head and body with one writev only on a bare *net.TCPConn
+// (with a wrapper, a list took two writes: one system call more per
+// request).
+type connSet struct {
 	mu    sync.Mutex
-	conns map[*trackedConn]struct{}
+	conns map[net.Conn]struct{}
 }
 
-func (l *trackingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+func newConnSet() *connSet { return &connSet{conns: map[net.Conn]struct{}{}} }
+
+// track is the fasthttp Server's ConnState hook. A hijacked connection
+// stays until its stream removes it.
+func (s *connSet) track(c net.Conn, st fasthttp.ConnState) {
+	switch st {
+	case fasthttp.StateNew:
+		s.mu.Lock()
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+	case fasthttp.StateClosed:
+		s.remove(c)
 	}
-	tc := &trackedConn{Conn: c, l: l}
-	l.mu.Lock()
-	l.conns[tc] = struct{}{}
-	l.mu.Unlock()
-	return tc, nil
 }
 
-func (l *trackingListener) open() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.conns)
+func (s *connSet) remove(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+func (s *connSet) open() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
 }
 
 // drain waits until every connection is closed or ctx ends.
-func (l *trackingListener) drain(ctx context.Context) {
+func (s *connSet) drain(ctx context.Context) {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for l.open() > 0 {
+	for s.open() > 0 {
 		select {
 		case <-ctx.Done():
 			return
@@ -225,31 +237,16 @@ func (l *trackingListener) drain(ctx context.Context) {
 	}
 }
 
-func (l *trackingListener) closeAll() {
-	l.mu.Lock()
-	conns := make([]*trackedConn, 0, len(l.conns))
-	for c := range l.conns {
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	conns := make([]net.Conn, 0, len(s.conns))
+	for c := range s.conns {
 		conns = append(conns, c)
 	}
-	l.mu.Unlock()
+	s.mu.Unlock()
 	for _, c := range conns {
 		c.Close()
 	}
-}
-
-type trackedConn struct {
-	net.Conn
-	l    *trackingListener
-	once sync.Once
-}
-
-func (c *trackedConn) Close() error {
-	c.once.Do(func() {
-		c.l.mu.Lock()
-		delete(c.l.conns, c)
-		c.l.mu.Unlock()
-	})
-	return c.Conn.Close()
 }
 
 // newPlainClient is the upstream client for plain requests for one CA

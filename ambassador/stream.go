@@ -61,7 +61,12 @@ func (p *proxy) hijack(ctx *fasthttp.RequestCtx, method string, out *url.URL, be
 	http11 := ctx.Request.Header.IsHTTP11()
 
 	ctx.HijackSetNoResponse(true)
+	// fasthttp forgets a connection once it is hijacked (StateHijacked
+	// is final); it stays in p.conns, for the shutdown, until the stream
+	// is over.
+	raw := ctx.Conn()
 	ctx.Hijack(func(c net.Conn) {
+		defer p.conns.remove(raw)
 		p.count(p.stream(c, req, upType, http11), method)
 	})
 }
