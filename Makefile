@@ -31,12 +31,7 @@ unit:
 # make fuzz-short FUZZTIME=10m, or one target with go test -fuzz.
 FUZZTIME ?= 10s
 fuzz-short:
-	@for f in $$(git ls-files '*_test.go' | xargs grep -l '^func Fuzz'); do \
-	  for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
-	    echo "fuzz ./$$(dirname $$f) $$t ($(FUZZTIME))"; \
-	    $(GO) test ./$$(dirname $$f) -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) || exit 1; \
-	  done; \
-	done
+	GO=$(GO) FUZZTIME=$(FUZZTIME) hack/fuzz-short.sh
 
 # Issue 6, see BENCHMARKS.md "Admission under load". soak is the 60-second
 # steady-rate run (zero errors, flat RSS) that .ci/run adds after test; the
