@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -211,4 +212,55 @@ func TestUnreadableRequests(t *testing.T) {
 	assert.Equal(t, http.StatusBadRequest, res.StatusCode)
 	decodeStatus(t, res.StatusCode, body)
 	assert.Empty(t, api.requests())
+}
+
+// TestWriteOnStaleConnectionRetried: the API server dropped every pooled
+// connection (a restart) after they served requests. A POST, PATCH or
+// DELETE that follows is sent once, on a fresh connection, instead of
+// failing with 502 on a dead one (fasthttp retries only GET, HEAD and PUT
+// by itself); with several dead connections in the pool, the first one
+// found dead retires the others.
+func TestWriteOnStaleConnectionRetried(t *testing.T) {
+	var writes atomic.Int32
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.Method == http.MethodGet {
+			// Long enough for the GETs below to need a connection each.
+			time.Sleep(50 * time.Millisecond)
+		} else {
+			writes.Add(1)
+		}
+		_, _ = io.WriteString(w, `{"kind":"ConfigMap"}`)
+	})
+	vol := newSAVolume(t, "tok", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca(), withPolicy(policy.Full, ""))
+
+	for _, method := range []string{http.MethodPost, http.MethodPatch, http.MethodDelete} {
+		t.Run(method, func(t *testing.T) {
+			writes.Store(0)
+			var wg sync.WaitGroup
+			for range 6 {
+				wg.Go(func() {
+					code, body := h.do(t, http.MethodGet, "/api/v1/namespaces/a/configmaps", nil)
+					assert.Equal(t, http.StatusOK, code, body)
+				})
+			}
+			wg.Wait()
+			api.CloseClientConnections()
+
+			code, body := h.do(t, method, "/api/v1/namespaces/a/configmaps/c", nil)
+			assert.Equal(t, http.StatusOK, code, body)
+			assert.Equal(t, int32(1), writes.Load(), "sent exactly once")
+		})
+	}
+}
+
+func TestRetriedAnyway(t *testing.T) {
+	for req, want := range map[string]bool{
+		"GET /api HTTP/1.1\r\n": true, "HEAD /api HTTP/1.1\r\n": true, "PUT /api/v1/x HTTP/1.1\r\n": true,
+		"QUERY /api HTTP/1.1\r\n": true, "POST /api HTTP/1.1\r\n": false, "PATCH /api HTTP/1.1\r\n": false,
+		"DELETE /api HTTP/1.1\r\n": false, "GETX /api HTTP/1.1\r\n": false, "": false,
+	} {
+		assert.Equal(t, want, retriedAnyway([]byte(req)), "%q", req)
+	}
 }

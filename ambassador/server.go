@@ -254,6 +254,12 @@ func (s *connSet) closeAll() {
 // handshake itself so that it has a deadline and fails with crypto/tls's
 // own errors, which classify turns into messages naming ca.crt.
 func newPlainClient(up *url.URL, pool *x509.CertPool) *fasthttp.HostClient {
+	hc := plainClient(up, pool)
+	hc.RetryIfErr = retryPlain(hc)
+	return hc
+}
+
+func plainClient(up *url.URL, pool *x509.CertPool) *fasthttp.HostClient {
 	host, port := up.Hostname(), up.Port()
 	if port == "" {
 		port = "443"
@@ -275,11 +281,16 @@ func newPlainClient(up *url.URL, pool *x509.CertPool) *fasthttp.HostClient {
 				raw.Close()
 				return nil, err
 			}
-			return c, nil
+			sc, err := raw.(*net.TCPConn).SyscallConn()
+			if err != nil {
+				c.Close()
+				return nil, err
+			}
+			return &checkedConn{Conn: c, raw: sc}, nil
 		},
 		// Well under kube-apiserver's 90 s idle timeout, so the API
-		// server never closes a connection as it is being reused: that
-		// fails a POST or PATCH, which (unlike a GET) is not retried.
+		// server rarely closes a connection just as it is being reused
+		// (checkedConn and retryPlain handle it when it does).
 		MaxIdleConnDuration: 30 * time.Second,
 		// More concurrent requests than connections wait for one
 		// instead of failing at once.

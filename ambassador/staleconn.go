@@ -1,0 +1,94 @@
+package ambassador
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"syscall"
+
+	"github.com/valyala/fasthttp"
+)
+
+// errStaleConn: the API server had closed a pooled connection (restart,
+// idle timeout, a load balancer's reset) before a request was written on
+// it. Nothing was sent, so the request may go again on another connection,
+// whatever its method.
+var errStaleConn = errors.New("podmeta-ambassador: pooled connection closed by the API server before the request was sent")
+
+// checkedConn is a connection of the plain pool. fasthttp, unlike net/http,
+// does not watch idle connections, so it learns that the API server closed
+// one only after writing the next request on it; it then retries GET, HEAD
+// and PUT, but a POST, PATCH or DELETE would fail, although the API server
+// never saw it. So before such a request is written on a connection that
+// has served one already, the socket is checked (one non-blocking peek): an
+// idle HTTP/1.1 connection with anything to read (a FIN, a reset, a TLS
+// close_notify) is dead, and the write fails with errStaleConn, which
+// retryPlain lets fasthttp retry.
+type checkedConn struct {
+	*tls.Conn
+	raw syscall.RawConn
+	// read: a response was read since the last write, so the next write
+	// starts a request on a reused connection.
+	read bool
+}
+
+func (c *checkedConn) Read(p []byte) (int, error) {
+	c.read = true
+	return c.Conn.Read(p)
+}
+
+func (c *checkedConn) Write(p []byte) (int, error) {
+	if c.read {
+		c.read = false
+		// p starts with the request line: fasthttp writes through a
+		// buffer, and a request's first write is its start.
+		if !retriedAnyway(p) && peerClosed(c.raw) {
+			return 0, errStaleConn
+		}
+	}
+	return c.Conn.Write(p)
+}
+
+// retriedAnyway: fasthttp retries these methods on any connection error.
+func retriedAnyway(requestStart []byte) bool {
+	for _, m := range [...]string{"GET ", "HEAD ", "PUT ", "QUERY "} {
+		if bytes.HasPrefix(requestStart, []byte(m)) {
+			return true
+		}
+	}
+	return false
+}
+
+// peerClosed peeks at an idle connection's socket without blocking: only
+// "nothing to read yet" means it is still open.
+func peerClosed(raw syscall.RawConn) bool {
+	var err error
+	var b [1]byte
+	if cerr := raw.Read(func(fd uintptr) bool {
+		for {
+			_, _, err = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			if err != syscall.EINTR {
+				return true
+			}
+		}
+	}); cerr != nil {
+		return true
+	}
+	return !errors.Is(err, syscall.EAGAIN)
+}
+
+// retryPlain is the plain pool's retry rule: fasthttp's default
+// (idempotent methods only) plus any request that a stale connection kept
+// from being sent. A stale connection usually means the API server dropped
+// them all (a restart): the other idle ones are closed too, rather than
+// each costing one of the request's attempts.
+func retryPlain(hc *fasthttp.HostClient) fasthttp.RetryIfErrFunc {
+	return func(req *fasthttp.Request, _ int, err error) (resetTimeout, retry bool) {
+		if errors.Is(err, errStaleConn) {
+			hc.CloseIdleConnections()
+			return false, true
+		}
+		h := &req.Header
+		return false, h.IsGet() || h.IsHead() || h.IsPut() || h.IsQuery()
+	}
+}
