@@ -31,7 +31,7 @@ unit:
 # make fuzz-short FUZZTIME=10m, or one target with go test -fuzz.
 FUZZTIME ?= 10s
 fuzz-short:
-	GO=$(GO) FUZZTIME=$(FUZZTIME) hack/fuzz-short.sh
+	@GO=$(GO) FUZZTIME=$(FUZZTIME) hack/fuzz-short.sh
 
 # Issue 6, see BENCHMARKS.md "Admission under load". soak is the 60-second
 # steady-rate run (zero errors, flat RSS) that .ci/run adds after test; the
