@@ -702,3 +702,12 @@ func TestRotationUnderTrafficDropsNothing(t *testing.T) {
 		return resp.TLS.PeerCertificates[0].Subject.CommonName == "four"
 	}, 20*time.Second, 20*time.Millisecond)
 }
+
+// The API server closes idle webhook connections after Go's default
+// transport idle timeout; the webhook must wait longer, or the two race
+// (see idleTimeout).
+func TestIdleTimeoutOutlastsAPIServer(t *testing.T) {
+	apiServer := http.DefaultTransport.(*http.Transport).IdleConnTimeout
+	require.NotZero(t, apiServer)
+	assert.Greater(t, idleTimeout, apiServer+10*time.Second)
+}

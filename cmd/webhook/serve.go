@@ -99,6 +99,15 @@ func tlsVersion(s string) (uint16, error) {
 // serve runs the webhook until ctx is cancelled, then shuts down gracefully:
 // /readyz fails at once, the HTTPS listener stays open for --shutdown-delay,
 // then closes, and in-flight reviews get --shutdown-grace to finish.
+// idleTimeout closes a keep-alive connection the API server left unused.
+// It must be longer than the API server's own idle timeout for its webhook
+// connections (90 s, Go's http.DefaultTransport, via apimachinery's
+// SetTransportDefaults), so that the API server is the side that closes
+// them: with both at 90 s, a connection the webhook closes could be picked
+// for a review at that very moment, and the review fails (a likely cause of
+// one "write: broken pipe" in the chart's e2e test).
+const idleTimeout = 5 * time.Minute
+
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	o, err := parseServeFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -175,7 +184,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       90 * time.Second,
+		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    1 << 20,
 		// TLS handshake failures land here: warn, they usually mean a
 		// caBundle that does not match the serving certificate.
