@@ -434,6 +434,48 @@ func TestShutdownGraceExceeded(t *testing.T) {
 	require.ErrorContains(t, err, "in-flight reviews did not finish within --shutdown-grace 200ms", "logs:\n%s", s.log)
 }
 
+// TestShutdownDelayKeepsIdleConnections: on SIGTERM an idle keep-alive
+// connection stays open through the shutdown delay; the next review on it
+// is answered, with "Connection: close" (HTTP/1.1) or a GOAWAY (HTTP/2), so
+// the client moves on by itself. Closing idle connections at once raced
+// with the API server sending a review on one (a failed admission in the
+// chart's e2e upgrade test).
+func TestShutdownDelayKeepsIdleConnections(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "HTTP/1.1", true: "HTTP/2"}[h2], func(t *testing.T) {
+			ca, dir := newCerts(t)
+			s := startServe(t, dir, "--shutdown-delay", "3s")
+			c := client(ca, h2)
+			pod := testPod()
+			first := post(t, c, s, reviewBody(t, "before", pod))
+			checkReview(t, first, "before", pod, mutate.DefaultConfig())
+
+			s.cancel()
+			require.Eventually(t, func() bool {
+				code, _ := s.get(t, "/readyz")
+				return code == http.StatusServiceUnavailable
+			}, 20*time.Second, 5*time.Millisecond)
+			time.Sleep(100 * time.Millisecond) // what closing idle connections at once would have had
+
+			var reused bool
+			trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }}
+			req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace),
+				http.MethodPost, "https://"+s.addr+"/mutate", bytes.NewReader(reviewBody(t, "during", pod)))
+			require.NoError(t, err)
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := c.Do(req)
+			require.NoError(t, err)
+			defer resp.Body.Close()
+			assert.True(t, reused, "the idle connection was kept through the delay")
+			checkReview(t, resp, "during", pod, mutate.DefaultConfig())
+			if !h2 {
+				assert.True(t, resp.Close, "Connection: close while leaving")
+			}
+			require.NoError(t, s.stop(t))
+		})
+	}
+}
+
 func TestShutdownDelayKeepsServing(t *testing.T) {
 	ca, dir := newCerts(t)
 	s := startServe(t, dir, "--shutdown-delay", "2s")

@@ -173,7 +173,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	mux.Handle("POST /mutate", handler)
 	srv := &http.Server{
 		Addr:    o.listen,
-		Handler: mux,
+		Handler: closeWhenLeaving(mux, &shuttingDown),
 		TLSConfig: &tls.Config{
 			MinVersion:     minVersion,
 			GetCertificate: reloader.GetCertificate,
@@ -216,10 +216,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	case runErr = <-errc:
 		log.Error("server failed, shutting down", "error", runErr)
 	}
+	// From now on every answer asks the client to reconnect (to another
+	// replica); see closeWhenLeaving.
 	shuttingDown.Store(true)
-	// Ask clients to reconnect (to another replica) after their current
-	// request instead of reusing a connection to a server that is leaving.
-	srv.SetKeepAlivesEnabled(false)
 	if runErr == nil && o.shutdownDelay > 0 {
 		// Endpoints and load balancers take a moment to notice; reviews
 		// that still arrive meanwhile are answered, not refused.
@@ -242,6 +241,23 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Info("stopped")
 	}
 	return runErr
+}
+
+// closeWhenLeaving: once leaving is set, every answer carries "Connection:
+// close" (for HTTP/2, net/http turns that into a GOAWAY), so the API server
+// reconnects, to another replica, after the review it sent. That is the only
+// race-free way to move it off: http.Server.SetKeepAlivesEnabled(false)
+// would also close the idle connections at once, and a review the API
+// server was just sending on one of them fails ("write: broken pipe"; it
+// does not resend a POST it may have written). Idle connections are closed
+// only by Shutdown, after the shutdown delay.
+func closeWhenLeaving(h http.Handler, leaving *atomic.Bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if leaving.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // registerBuildInfo exports podmeta_build_info{version,commit,goversion} 1,
