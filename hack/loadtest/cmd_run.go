@@ -265,6 +265,7 @@ func runSigterm(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	after := fs.Duration("after", 3*time.Second, "load before SIGTERM")
 	grace := fs.Duration("grace", 30*time.Second, "the process must exit within this after SIGTERM")
 	kill := fs.Bool("kill", false, "send SIGKILL instead: the control run, which must report dropped requests")
+	drain := fs.Duration("drain", 0, "run the webhook with this --shutdown-delay and stop sending once its /readyz fails, as the API server does with a terminating replica; then no request may go unanswered")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -277,11 +278,15 @@ func runSigterm(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *kill {
 		sig = syscall.SIGKILL
 	}
-	rep, err := scenario.Signal(ctx, env, scenario.SignalConfig{FaultConfig: f.config(servers), After: *after, Grace: *grace, Signal: sig})
+	rep, err := scenario.Signal(ctx, env, scenario.SignalConfig{FaultConfig: f.config(servers), After: *after, Grace: *grace, Signal: sig, Drain: *drain})
 	if err != nil {
 		return fmt.Errorf("sigterm: %w", err)
 	}
-	fmt.Fprintf(stdout, "%v under load (%s, %s pod, %d workers, signal after %s)\n", sig, f.target, f.pod, f.workers, *after)
+	fmt.Fprintf(stdout, "%v under load (%s, %s pod, %d workers, signal after %s", sig, f.target, f.pod, f.workers, *after)
+	if *drain > 0 {
+		fmt.Fprintf(stdout, ", --shutdown-delay %s, load following /readyz", *drain)
+	}
+	fmt.Fprintln(stdout, ")")
 	fmt.Fprintf(stdout, "  answered %d, not accepted (refused or closed unread) %d, failed %d (%s)\n", rep.Answered, rep.NotAccepted, rep.Failures, errs(rep.Result.Errors))
 	fmt.Fprintf(stdout, "  exit %s after the signal (grace %s)", us(rep.ExitAfter), *grace)
 	if rep.ExitError != "" {
@@ -293,6 +298,10 @@ func runSigterm(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	if err := problems("sigterm", rep.Problems); err != nil {
 		return err
+	}
+	if *drain > 0 {
+		fmt.Fprintln(stdout, "  PASS: every request sent was answered; clean exit within grace")
+		return nil
 	}
 	fmt.Fprintln(stdout, "  PASS: every accepted request answered; clean exit within grace")
 	return nil

@@ -57,6 +57,9 @@ faults)
 	status=0
 	"${run[@]}" "$lt" rotate "${wh[@]}" --server-cpu "$server_cpu" --duration 30s --every 3s --json "$out/rotate.json" | tee "$out/rotate.txt" || status=1
 	"${run[@]}" "$lt" sigterm "${wh[@]}" --server-cpu "$server_cpu" --after 5s --json "$out/sigterm.json" | tee "$out/sigterm.txt" || status=1
+	# A rolling restart as deployed: the chart's 5 s shutdown delay, the load
+	# following /readyz like the API server: nothing may go unanswered.
+	"${run[@]}" "$lt" sigterm "${wh[@]}" --server-cpu "$server_cpu" --after 5s --drain 5s --json "$out/drain.json" | tee "$out/drain.txt" || status=1
 	# The control: SIGKILL must be reported as dropped requests.
 	if "${run[@]}" "$lt" sigterm "${wh[@]}" --server-cpu "$server_cpu" --after 5s --kill --json "$out/sigkill.json" >"$out/sigkill.txt" 2>&1; then
 		echo "control FAILED: SIGKILL under load was not reported as dropped requests" >&2

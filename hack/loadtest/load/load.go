@@ -93,6 +93,11 @@ type Config struct {
 	// once when it ends (after every worker stopped): hooks to read the
 	// server's CPU time at the window's edges.
 	OnMeasure func(start bool)
+	// Hold, if set, is asked before every request; while it says true, the
+	// workers send nothing (they check again every millisecond). A client
+	// that follows the server's readiness, as the API server does when a
+	// terminating replica's endpoint is removed.
+	Hold func() bool
 }
 
 // ConnInfo describes a new connection.
@@ -334,6 +339,13 @@ func (w *worker) run(ctx context.Context, issued *atomic.Int64) {
 				}
 			}
 			w.next = w.next.Add(w.interval)
+		}
+		for w.cfg.Hold != nil && w.cfg.Hold() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Millisecond):
+			}
 		}
 		if w.cfg.Count > 0 && issued.Add(1) > w.cfg.Count {
 			return

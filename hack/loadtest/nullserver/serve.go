@@ -94,7 +94,8 @@ func Run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
-	srv.SetKeepAlivesEnabled(false) // as the webhook does
+	// Like the webhook with no --shutdown-delay: Shutdown closes the
+	// listener and the idle connections, and waits for the busy ones.
 	err = srv.Shutdown(sctx)
 	if herr := hsrv.Shutdown(sctx); err == nil {
 		err = herr

@@ -3,7 +3,10 @@ package scenario
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/big"
+	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -242,6 +245,12 @@ type SignalConfig struct {
 	After  time.Duration  // load before the signal, default 2s
 	Grace  time.Duration  // the exit must come within this, default 30s
 	Signal syscall.Signal // default SIGTERM (SIGKILL: the control that shows drops are caught)
+	// Drain, if set, runs the webhook with --shutdown-delay=Drain and has
+	// the load follow its readiness: once /readyz fails, no new request is
+	// sent (the API server stops picking a terminating replica the same
+	// way). Then every request sent must be answered: none may be refused
+	// or closed unread.
+	Drain time.Duration
 }
 
 // SignalReport is the outcome of a signal run.
@@ -280,6 +289,12 @@ func Signal(ctx context.Context, e *Env, cfg SignalConfig) (*SignalReport, error
 	// The load must outlast the signal and the exit; it is cancelled once
 	// the process has gone.
 	cfg.Duration = max(cfg.Duration, cfg.After+maxLoadWait+cfg.Grace+time.Second)
+	if cfg.Drain > 0 {
+		if cfg.Target != Webhook {
+			return nil, fmt.Errorf("drain: only the webhook has a shutdown delay, not the %s server", cfg.Target)
+		}
+		cfg.Servers.WebhookArgs = append(slices.Clone(cfg.Servers.WebhookArgs), "--shutdown-delay="+cfg.Drain.String())
+	}
 	p, err := e.Start(ctx, cfg.Servers, cfg.Target)
 	if err != nil {
 		return nil, err
@@ -291,12 +306,18 @@ func Signal(ctx context.Context, e *Env, cfg SignalConfig) (*SignalReport, error
 	var res *load.Result
 	var loadErr error
 	var answered atomic.Int64
+	var unready atomic.Bool
+	var hold func() bool
+	if cfg.Drain > 0 {
+		hold = unready.Load
+		go followReadiness(loadCtx, p.MetricsURL+"/readyz", &unready)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		res, loadErr = load.Run(loadCtx, load.Config{
 			URL: p.URL, RootCAs: e.Roots, Review: review, ExpectPatch: cfg.Target == Webhook,
-			Workers: cfg.Workers, Duration: cfg.Duration, Answered: &answered,
+			Workers: cfg.Workers, Duration: cfg.Duration, Answered: &answered, Hold: hold,
 		})
 	}()
 
@@ -349,10 +370,37 @@ func Signal(ctx context.Context, e *Env, cfg SignalConfig) (*SignalReport, error
 	if res.OK == 0 {
 		rep.Problems = append(rep.Problems, "no request was answered")
 	}
-	if rep.NotAccepted == 0 {
+	switch {
+	case cfg.Drain > 0 && rep.NotAccepted > 0:
+		rep.Problems = append(rep.Problems, fmt.Sprintf("%d requests not accepted although the load followed /readyz: %v", rep.NotAccepted, res.Errors))
+	case cfg.Drain > 0 && !unready.Load():
+		rep.Problems = append(rep.Problems, "/readyz never failed: the load did not stop before the exit")
+	case cfg.Drain == 0 && rep.NotAccepted == 0:
 		rep.Problems = append(rep.Problems, "the load did not outlast the server: nothing shows what happened after it exited")
 	}
 	return rep, nil
+}
+
+// followReadiness polls url every few milliseconds and sets unready for
+// good at the first answer that is not 200 (or no answer: the process is
+// gone).
+func followReadiness(ctx context.Context, url string, unready *atomic.Bool) {
+	c := &http.Client{Timeout: time.Second}
+	for ctx.Err() == nil {
+		res, err := c.Get(url)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+		}
+		if err != nil || res.StatusCode != http.StatusOK {
+			unready.Store(true)
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 func signalAndWait(p *target.Process, sig syscall.Signal, grace time.Duration) (time.Duration, error) {

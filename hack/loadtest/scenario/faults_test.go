@@ -154,6 +154,26 @@ func TestSigtermUnderLoad(t *testing.T) {
 	t.Logf("answered %d, not accepted %d (%v), exit %s after SIGTERM", rep.Answered, rep.NotAccepted, rep.Result.Errors, rep.ExitAfter)
 }
 
+// A rolling restart as the API server sees it: SIGTERM, /readyz fails, the
+// client stops picking this replica, the process exits after the shutdown
+// delay. Every review sent must be answered, none refused or closed unread
+// (closing idle connections at SIGTERM, as the webhook once did, fails
+// this).
+func TestSigtermDrainUnderLoad(t *testing.T) {
+	env, servers := setup(t)
+	rep, err := Signal(context.Background(), env, SignalConfig{
+		FaultConfig: FaultConfig{Servers: servers, Workers: 16},
+		After:       time.Second, Grace: 25 * time.Second, Drain: time.Second,
+	})
+	require.NoError(t, err)
+	assert.Empty(t, rep.Problems)
+	assert.Zero(t, rep.Failures)
+	assert.Zero(t, rep.NotAccepted, "%v", rep.Result.Errors)
+	assert.Empty(t, rep.ExitError)
+	assert.GreaterOrEqual(t, rep.ExitAfter, time.Second, "the shutdown delay was kept")
+	t.Logf("answered %d, %v, exit %s after SIGTERM", rep.Answered, rep.Result.Errors, rep.ExitAfter)
+}
+
 // SIGKILL under load loses the requests the server was holding: the
 // SIGTERM check must see that (the control for the test above). The server
 // holds only the one or two requests it is working on at any instant, so a
