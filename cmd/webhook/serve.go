@@ -104,8 +104,8 @@ func tlsVersion(s string) (uint16, error) {
 // connections (90 s, Go's http.DefaultTransport, via apimachinery's
 // SetTransportDefaults), so that the API server is the side that closes
 // them: with both at 90 s, a connection the webhook closes could be picked
-// for a review at that very moment, and the review fails (a likely cause of
-// one "write: broken pipe" in the chart's e2e test).
+// for a review at that very moment, and the review would fail (the same
+// race as closing idle connections at SIGTERM, see closeWhenLeaving).
 const idleTimeout = 5 * time.Minute
 
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
