@@ -610,23 +610,8 @@ func TestConnectionsTracked(t *testing.T) {
 		}
 	})
 	vol := newSAVolume(t, "tok", api.caPEM())
-	srv, err := New(Config{Listen: "127.0.0.1:0", HealthListen: "127.0.0.1:0", Upstream: api.URL,
-		TokenFile: vol.token(), CAFile: vol.ca(), Policy: policy.Policy{Mode: policy.ReadOnly},
-		ShutdownTimeout: time.Second}, nil, nil, nil)
-	require.NoError(t, err)
+	srv := startAmbassador(t, api.URL, vol.token(), vol.ca()).srv
 	assert.IsType(t, &net.TCPListener{}, srv.ln)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	defer func() {
-		cancel()
-		select {
-		case err := <-done:
-			assert.NoError(t, err)
-		case <-time.After(10 * time.Second):
-			t.Error("Run did not return")
-		}
-	}()
 
 	plain := &http.Client{Transport: &http.Transport{}}
 	res, err := plain.Get("http://" + srv.Addr().String() + "/api/v1/pods")
