@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"io"
 	"syscall"
 
 	"github.com/valyala/fasthttp"
@@ -59,29 +60,12 @@ func retriedAnyway(requestStart []byte) bool {
 	return false
 }
 
-// peerClosed peeks at an idle connection's socket without blocking: only
-// "nothing to read yet" means it is still open.
-func peerClosed(raw syscall.RawConn) bool {
-	var err error
-	var b [1]byte
-	if cerr := raw.Read(func(fd uintptr) bool {
-		for {
-			_, _, err = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-			if err != syscall.EINTR {
-				return true
-			}
-		}
-	}); cerr != nil {
-		return true
-	}
-	return !errors.Is(err, syscall.EAGAIN)
-}
-
 // retryPlain is the plain pool's retry rule: fasthttp's default
 // (idempotent methods only) plus any request that a stale connection kept
-// from being sent. A stale connection usually means the API server dropped
-// them all (a restart): the other idle ones are closed too, rather than
-// each costing one of the request's attempts.
+// from being sent. A connection found closed by the API server usually
+// means it dropped them all (a restart): the other idle ones are closed
+// too, rather than each costing one of the request's attempts (fasthttp
+// makes five), which a GET on a pool of dead connections would run out of.
 func retryPlain(hc *fasthttp.HostClient) fasthttp.RetryIfErrFunc {
 	return func(req *fasthttp.Request, _ int, err error) (resetTimeout, retry bool) {
 		if errors.Is(err, errStaleConn) {
@@ -89,6 +73,16 @@ func retryPlain(hc *fasthttp.HostClient) fasthttp.RetryIfErrFunc {
 			return false, true
 		}
 		h := &req.Header
-		return false, h.IsGet() || h.IsHead() || h.IsPut() || h.IsQuery()
+		retry = h.IsGet() || h.IsHead() || h.IsPut() || h.IsQuery()
+		if retry && connClosed(err) {
+			hc.CloseIdleConnections()
+		}
+		return false, retry
 	}
+}
+
+// connClosed: err says the connection was closed or reset under a request.
+func connClosed(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, fasthttp.ErrConnectionClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }

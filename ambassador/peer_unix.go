@@ -1,0 +1,29 @@
+//go:build unix
+
+package ambassador
+
+import (
+	"errors"
+	"os"
+	"syscall"
+)
+
+// peerClosed peeks at an idle connection's socket without blocking: only
+// "nothing to read yet" means it is still open. A poller error other than a
+// passed deadline (none is set on the pool's connections today) also means
+// closed; a false "closed" only costs a retry on a fresh connection.
+func peerClosed(raw syscall.RawConn) bool {
+	var err error
+	var b [1]byte
+	if cerr := raw.Read(func(fd uintptr) bool {
+		for {
+			_, _, err = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			if err != syscall.EINTR {
+				return true
+			}
+		}
+	}); cerr != nil {
+		return !errors.Is(cerr, os.ErrDeadlineExceeded)
+	}
+	return !errors.Is(err, syscall.EAGAIN)
+}
