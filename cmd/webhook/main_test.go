@@ -470,7 +470,24 @@ func TestShutdownDelayKeepsIdleConnections(t *testing.T) {
 			checkReview(t, resp, "during", pod, mutate.DefaultConfig())
 			if !h2 {
 				assert.True(t, resp.Close, "Connection: close while leaving")
+				require.NoError(t, s.stop(t))
+				return
 			}
+			require.Equal(t, 2, resp.ProtoMajor)
+			// The GOAWAY that answered the review makes the client open a
+			// new connection for the next one.
+			assert.Eventually(t, func() bool {
+				reused = true
+				req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace),
+					http.MethodPost, "https://"+s.addr+"/mutate", bytes.NewReader(reviewBody(t, "after", pod)))
+				require.NoError(t, err)
+				req.Header.Set("Content-Type", "application/json")
+				res, err := c.Do(req)
+				if err == nil {
+					res.Body.Close()
+				}
+				return err == nil && !reused
+			}, 5*time.Second, 10*time.Millisecond, "a new connection after the GOAWAY")
 			require.NoError(t, s.stop(t))
 		})
 	}

@@ -96,9 +96,6 @@ func tlsVersion(s string) (uint16, error) {
 	return 0, fmt.Errorf("serve: --tls-min-version %q: want 1.2 or 1.3", s)
 }
 
-// serve runs the webhook until ctx is cancelled, then shuts down gracefully:
-// /readyz fails at once, the HTTPS listener stays open for --shutdown-delay,
-// then closes, and in-flight reviews get --shutdown-grace to finish.
 // idleTimeout closes a keep-alive connection the API server left unused.
 // It must be longer than the API server's own idle timeout for its webhook
 // connections (90 s, Go's http.DefaultTransport, via apimachinery's
@@ -108,6 +105,9 @@ func tlsVersion(s string) (uint16, error) {
 // race as closing idle connections at SIGTERM, see closeWhenLeaving).
 const idleTimeout = 5 * time.Minute
 
+// serve runs the webhook until ctx is cancelled, then shuts down gracefully:
+// /readyz fails at once, the HTTPS listener stays open for --shutdown-delay,
+// then closes, and in-flight reviews get --shutdown-grace to finish.
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	o, err := parseServeFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -245,12 +245,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 // closeWhenLeaving: once leaving is set, every answer carries "Connection:
 // close" (for HTTP/2, net/http turns that into a GOAWAY), so the API server
-// reconnects, to another replica, after the review it sent. That is the only
-// race-free way to move it off: http.Server.SetKeepAlivesEnabled(false)
-// would also close the idle connections at once, and a review the API
-// server was just sending on one of them fails ("write: broken pipe"; it
-// does not resend a POST it may have written). Idle connections are closed
-// only by Shutdown, after the shutdown delay.
+// reconnects, to another replica, after the review it sent: it leaves on
+// its own, without a race. http.Server.SetKeepAlivesEnabled(false) would
+// also close the idle connections at once, and a review the API server was
+// just sending on one of them fails ("write: broken pipe"; it does not
+// resend a POST it may have written). Idle connections are closed only by
+// Shutdown, after the shutdown delay; an HTTP/1.1 connection the API server
+// left idle for that whole delay can still meet the same race then (over
+// HTTP/2, Shutdown sends a GOAWAY first), so the delay narrows the race to
+// connections unused for seconds, which the API server, reusing the most
+// recently used first, rarely picks.
 func closeWhenLeaving(h http.Handler, leaving *atomic.Bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if leaving.Load() {

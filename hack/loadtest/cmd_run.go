@@ -264,8 +264,8 @@ func runSigterm(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	f.register(fs, 64, 0)
 	after := fs.Duration("after", 3*time.Second, "load before SIGTERM")
 	grace := fs.Duration("grace", 30*time.Second, "the process must exit within this after SIGTERM")
-	kill := fs.Bool("kill", false, "send SIGKILL instead: the control run, which must report dropped requests")
-	drain := fs.Duration("drain", 0, "run the webhook with this --shutdown-delay and stop sending once its /readyz fails, as the API server does with a terminating replica; then no request may go unanswered")
+	kill := fs.Bool("kill", false, "send SIGKILL instead: the control run, which must report lost requests (with --drain: dropped or closed unread)")
+	drain := fs.Duration("drain", 0, "run the webhook with this --shutdown-delay and leave it like the API server leaves a terminating replica (no new connection once /readyz fails, open ones until an answer says Connection: close); then no request may go unanswered")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -288,6 +288,9 @@ func runSigterm(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	fmt.Fprintln(stdout, ")")
 	fmt.Fprintf(stdout, "  answered %d, not accepted (refused or closed unread) %d, failed %d (%s)\n", rep.Answered, rep.NotAccepted, rep.Failures, errs(rep.Result.Errors))
+	if *drain > 0 {
+		fmt.Fprintf(stdout, "  answers with Connection: close %d\n", rep.Result.CloseAnswers)
+	}
 	fmt.Fprintf(stdout, "  exit %s after the signal (grace %s)", us(rep.ExitAfter), *grace)
 	if rep.ExitError != "" {
 		fmt.Fprintf(stdout, ": %s", rep.ExitError)

@@ -64,7 +64,7 @@ faults)
 	# run, must be reported as reviews lost (dropped, or closed unread),
 	# not merely as an unclean exit.
 	"${run[@]}" "$lt" sigterm "${wh[@]}" --server-cpu "$server_cpu" --after 5s --drain 5s --kill --json "$out/sigkill.json" >"$out/sigkill.txt" 2>&1 || true
-	if grep -qE 'requests failed|not accepted although' "$out/sigkill.txt"; then
+	if grep -qE '(dropped|closed-unread)=[1-9]' "$out/sigkill.txt"; then
 		echo "control ok: SIGKILL under load reported: $(grep -oE 'failed [0-9]+ \([^)]*\)' "$out/sigkill.txt" | head -1)"
 	else
 		echo "control FAILED: SIGKILL under load was not reported as lost reviews:" >&2

@@ -93,10 +93,13 @@ type Config struct {
 	// once when it ends (after every worker stopped): hooks to read the
 	// server's CPU time at the window's edges.
 	OnMeasure func(start bool)
-	// Hold, if set, is asked before every request; while it says true, the
-	// workers send nothing (they check again every millisecond). A client
-	// that follows the server's readiness, as the API server does when a
-	// terminating replica's endpoint is removed.
+	// Hold, if set, is asked before a worker would open a connection; while
+	// it says true, the worker opens none (it checks again every
+	// millisecond). Open keep-alive connections go on being used until an
+	// answer says "Connection: close". That is how the API server leaves a
+	// terminating webhook replica: its endpoint is removed, which steers
+	// new connections, and the connections it has keep carrying reviews
+	// until the replica closes them.
 	Hold func() bool
 }
 
@@ -109,15 +112,17 @@ type ConnInfo struct {
 
 // Result is what a run measured. Durations are in nanoseconds in JSON.
 type Result struct {
-	Requests   int64             `json:"requests"` // measured requests, including failed ones
-	OK         int64             `json:"ok"`
-	Errors     map[string]int64  `json:"errors,omitempty"`
-	Samples    map[string]string `json:"errorSamples,omitempty"` // first error of each kind
-	Conns      int64             `json:"connections"`
-	Elapsed    time.Duration     `json:"elapsedNs"`         // measured window
-	Throughput float64           `json:"requestsPerSecond"` // OK responses per second
-	Latency    Latency           `json:"latencyNs"`
-	hist       histogram
+	Requests int64 `json:"requests"` // measured requests, including failed ones
+	OK       int64 `json:"ok"`
+	// CloseAnswers counts valid answers that carried "Connection: close".
+	CloseAnswers int64             `json:"closeAnswers"`
+	Errors       map[string]int64  `json:"errors,omitempty"`
+	Samples      map[string]string `json:"errorSamples,omitempty"` // first error of each kind
+	Conns        int64             `json:"connections"`
+	Elapsed      time.Duration     `json:"elapsedNs"`         // measured window
+	Throughput   float64           `json:"requestsPerSecond"` // OK responses per second
+	Latency      Latency           `json:"latencyNs"`
+	hist         histogram
 }
 
 // Latency percentiles of OK responses.
@@ -280,6 +285,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	for _, r := range results {
 		total.Requests += r.Requests
 		total.OK += r.OK
+		total.CloseAnswers += r.CloseAnswers
 		total.hist.merge(&r.hist)
 		for k, v := range r.Errors {
 			total.Errors[k] += v
@@ -317,14 +323,16 @@ type worker struct {
 	interval time.Duration // rate mode: time between this worker's requests
 	next     time.Time
 
-	conn    *tls.Conn
-	raw     *countingConn   // bytes off the socket
-	plain   *countingReader // bytes out of TLS
-	br      *bufio.Reader
-	served  int // responses on the current connection
-	reqBuf  []byte
-	bodyBuf []byte
-	respBuf []byte
+	conn   *tls.Conn
+	raw    *countingConn   // bytes off the socket
+	plain  *countingReader // bytes out of TLS
+	br     *bufio.Reader
+	served int // responses on the current connection
+	// closeAnswer: the last valid answer carried "Connection: close".
+	closeAnswer bool
+	reqBuf      []byte
+	bodyBuf     []byte
+	respBuf     []byte
 }
 
 func (w *worker) run(ctx context.Context, issued *atomic.Int64) {
@@ -340,7 +348,8 @@ func (w *worker) run(ctx context.Context, issued *atomic.Int64) {
 			}
 			w.next = w.next.Add(w.interval)
 		}
-		for w.cfg.Hold != nil && w.cfg.Hold() {
+		for w.cfg.Hold != nil && (w.conn == nil || w.served > 0 && w.closedByPeer()) && w.cfg.Hold() {
+			w.closeConn()
 			select {
 			case <-ctx.Done():
 				return
@@ -367,6 +376,9 @@ func (w *worker) run(ctx context.Context, issued *atomic.Int64) {
 		}
 		if kind == "" {
 			w.res.OK++
+			if w.closeAnswer {
+				w.res.CloseAnswers++
+			}
 			w.res.hist.record(lat)
 			continue
 		}
@@ -396,6 +408,7 @@ func (w *worker) do(ctx context.Context) (time.Duration, string, error) {
 			return 0, kind, err
 		}
 	}
+	w.closeAnswer = false
 	uid := corpus.NewUID(w.rng)
 	w.bodyBuf = w.cfg.Review.AppendBody(w.bodyBuf[:0], uid)
 	w.reqBuf = append(w.reqBuf[:0], "POST "...)
@@ -453,6 +466,7 @@ func (w *worker) do(ctx context.Context) (time.Duration, string, error) {
 	if kind, err := w.val.check(body, uid); kind != "" {
 		return 0, kind, err
 	}
+	w.closeAnswer = resp.Close
 	return lat, "", nil
 }
 

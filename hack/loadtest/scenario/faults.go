@@ -246,10 +246,12 @@ type SignalConfig struct {
 	Grace  time.Duration  // the exit must come within this, default 30s
 	Signal syscall.Signal // default SIGTERM (SIGKILL: the control that shows drops are caught)
 	// Drain, if set, runs the webhook with --shutdown-delay=Drain and has
-	// the load follow its readiness: once /readyz fails, no new request is
-	// sent (the API server stops picking a terminating replica the same
-	// way). Then every request sent must be answered: none may be refused
-	// or closed unread.
+	// the load leave it the way the API server leaves a terminating
+	// replica: once /readyz answers 503 after the signal, no new
+	// connection is opened, and the open ones carry reviews until an
+	// answer says "Connection: close" (see load.Config.Hold). Then every
+	// review sent must be answered, none refused or closed unread, and the
+	// server must have asked the clients to go.
 	Drain time.Duration
 }
 
@@ -310,7 +312,6 @@ func Signal(ctx context.Context, e *Env, cfg SignalConfig) (*SignalReport, error
 	var hold func() bool
 	if cfg.Drain > 0 {
 		hold = unready.Load
-		go followReadiness(loadCtx, p.MetricsURL+"/readyz", &unready)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -339,6 +340,11 @@ func Signal(ctx context.Context, e *Env, cfg SignalConfig) (*SignalReport, error
 	}
 	if m, err := proc.ReadMemory(p.PID); err == nil {
 		rep.RSSAtSignal = m.RSS
+	}
+	if cfg.Drain > 0 {
+		// From just before the signal, so nothing before it can stop the
+		// load.
+		go followReadiness(loadCtx, p.MetricsURL+"/readyz", p.Done(), &unready)
 	}
 	exitAfter, exitErr := signalAndWait(p, cfg.Signal, cfg.Grace)
 	rep.ExitAfter = exitAfter
@@ -375,6 +381,8 @@ func Signal(ctx context.Context, e *Env, cfg SignalConfig) (*SignalReport, error
 		rep.Problems = append(rep.Problems, fmt.Sprintf("%d requests not accepted although the load followed /readyz: %v", rep.NotAccepted, res.Errors))
 	case cfg.Drain > 0 && !unready.Load():
 		rep.Problems = append(rep.Problems, "/readyz never failed: the load did not stop before the exit")
+	case cfg.Drain > 0 && cfg.Signal == syscall.SIGTERM && res.CloseAnswers == 0:
+		rep.Problems = append(rep.Problems, "no answer said \"Connection: close\": the server never asked its clients to go")
 	case cfg.Drain == 0 && rep.NotAccepted == 0:
 		rep.Problems = append(rep.Problems, "the load did not outlast the server: nothing shows what happened after it exited")
 	}
@@ -382,22 +390,25 @@ func Signal(ctx context.Context, e *Env, cfg SignalConfig) (*SignalReport, error
 }
 
 // followReadiness polls url every few milliseconds and sets unready for
-// good at the first answer that is not 200 (or no answer: the process is
-// gone).
-func followReadiness(ctx context.Context, url string, unready *atomic.Bool) {
+// good once it answers 503, or once the process has exited. A failed poll
+// of a live process (a hiccup) is tried again.
+func followReadiness(ctx context.Context, url string, exited <-chan struct{}, unready *atomic.Bool) {
 	c := &http.Client{Timeout: time.Second}
 	for ctx.Err() == nil {
 		res, err := c.Get(url)
 		if err == nil {
 			_, _ = io.Copy(io.Discard, res.Body)
 			res.Body.Close()
-		}
-		if err != nil || res.StatusCode != http.StatusOK {
-			unready.Store(true)
-			return
+			if res.StatusCode == http.StatusServiceUnavailable {
+				unready.Store(true)
+				return
+			}
 		}
 		select {
 		case <-ctx.Done():
+		case <-exited:
+			unready.Store(true)
+			return
 		case <-time.After(5 * time.Millisecond):
 		}
 	}

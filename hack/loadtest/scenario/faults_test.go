@@ -171,7 +171,7 @@ func TestSigtermDrainUnderLoad(t *testing.T) {
 	assert.Zero(t, rep.NotAccepted, "%v", rep.Result.Errors)
 	assert.Empty(t, rep.ExitError)
 	assert.GreaterOrEqual(t, rep.ExitAfter, time.Second, "the shutdown delay was kept")
-	t.Logf("answered %d, %v, exit %s after SIGTERM", rep.Answered, rep.Result.Errors, rep.ExitAfter)
+	t.Logf("answered %d (%d with Connection: close), %v, exit %s after SIGTERM", rep.Answered, rep.Result.CloseAnswers, rep.Result.Errors, rep.ExitAfter)
 }
 
 // SIGKILL under load loses the requests the server was holding: the
