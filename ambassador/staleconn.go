@@ -50,10 +50,20 @@ func (c *checkedConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// retriedAnyway: fasthttp retries these methods on any connection error.
+// idempotentMethods are the ones fasthttp retries on any connection error
+// (its isIdempotent); retryPlain keeps that rule.
+var idempotentMethods = [...]string{"GET", "HEAD", "PUT", "QUERY"}
+
+// retriedAnyway: the request starting with this request line has one of
+// idempotentMethods.
 func retriedAnyway(requestStart []byte) bool {
-	for _, m := range [...]string{"GET ", "HEAD ", "PUT ", "QUERY "} {
-		if bytes.HasPrefix(requestStart, []byte(m)) {
+	m, _, ok := bytes.Cut(requestStart, []byte(" "))
+	return ok && idempotent(m)
+}
+
+func idempotent(method []byte) bool {
+	for _, m := range idempotentMethods {
+		if string(method) == m {
 			return true
 		}
 	}
@@ -72,8 +82,7 @@ func retryPlain(hc *fasthttp.HostClient) fasthttp.RetryIfErrFunc {
 			hc.CloseIdleConnections()
 			return false, true
 		}
-		h := &req.Header
-		retry = h.IsGet() || h.IsHead() || h.IsPut() || h.IsQuery()
+		retry = idempotent(req.Header.Method())
 		if retry && connClosed(err) {
 			hc.CloseIdleConnections()
 		}

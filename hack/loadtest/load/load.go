@@ -348,7 +348,8 @@ func (w *worker) run(ctx context.Context, issued *atomic.Int64) {
 			}
 			w.next = w.next.Add(w.interval)
 		}
-		for w.cfg.Hold != nil && (w.conn == nil || w.served > 0 && w.closedByPeer()) && w.cfg.Hold() {
+		// Hold first: the peek is a system call, and do makes it anyway.
+		for w.cfg.Hold != nil && w.cfg.Hold() && (w.conn == nil || w.served > 0 && w.closedByPeer()) {
 			w.closeConn()
 			select {
 			case <-ctx.Done():
