@@ -629,3 +629,71 @@ func TestConnectionsTracked(t *testing.T) {
 	assert.Eventually(t, func() bool { return srv.proxy.conns.open() == 0 }, 5*time.Second, 10*time.Millisecond,
 		"both forgotten once closed")
 }
+
+// TestShutdownDelayKeepsServing: a sidecar placed as a regular container
+// gets SIGTERM together with the app; during --shutdown-delay it keeps
+// proxying (the app's own shutdown may still call the API server), new
+// connections included, with /readyz failing; then it drains and exits.
+func TestShutdownDelayKeepsServing(t *testing.T) {
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"kind":"Lease"}`)
+	})
+	vol := newSAVolume(t, "tok", api.caPEM())
+	const delay = 400 * time.Millisecond
+	srv, err := New(Config{Listen: "127.0.0.1:0", HealthListen: "127.0.0.1:0", Upstream: api.URL,
+		TokenFile: vol.token(), CAFile: vol.ca(), Policy: policy.Policy{Mode: policy.Full},
+		ShutdownDelay: delay}, nil, nil, nil)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	base := "http://" + srv.Addr().String()
+	health := "http://" + srv.HealthAddr().String()
+	require.Eventually(t, func() bool {
+		res, err := http.Get(health + "/readyz")
+		if err != nil {
+			return false
+		}
+		res.Body.Close()
+		return res.StatusCode == http.StatusOK
+	}, 5*time.Second, 10*time.Millisecond)
+
+	cancel()
+	signalled := time.Now()
+	// Each request on a new connection: the listener is still open.
+	fresh := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for _, method := range []string{http.MethodGet, http.MethodPut, http.MethodDelete} {
+		req, err := http.NewRequest(method, base+"/apis/coordination.k8s.io/v1/namespaces/a/leases/b", nil)
+		require.NoError(t, err)
+		res, err := fresh.Do(req)
+		require.NoError(t, err, "%s during the shutdown delay", method)
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		assert.Equal(t, http.StatusOK, res.StatusCode, method)
+		assert.Equal(t, `{"kind":"Lease"}`, string(b), method)
+	}
+	res, err := http.Get(health + "/readyz")
+	require.NoError(t, err)
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	assert.Equal(t, http.StatusServiceUnavailable, res.StatusCode)
+	assert.Contains(t, string(b), "shutting down")
+	require.Less(t, time.Since(signalled), delay, "the checks above ran inside the delay (raise delay if this machine is slower)")
+
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+		assert.GreaterOrEqual(t, time.Since(signalled), delay, "Run returned before the delay was over")
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the shutdown delay")
+	}
+	_, err = fresh.Get(base + "/api")
+	assert.Error(t, err, "listener closed after the delay")
+}
+
+func TestNegativeShutdownDelayRefused(t *testing.T) {
+	_, err := New(Config{Listen: "127.0.0.1:0", HealthListen: "127.0.0.1:0", Upstream: "https://127.0.0.1:6443",
+		TokenFile: "t", CAFile: "c", ShutdownDelay: -time.Second}, nil, nil, nil)
+	require.ErrorContains(t, err, "--shutdown-delay must not be negative")
+}

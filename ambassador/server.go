@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,6 +47,13 @@ type Config struct {
 	noWatch bool
 	// ShutdownTimeout bounds the graceful drain on shutdown; 0 means 5 s.
 	ShutdownTimeout time.Duration
+	// ShutdownDelay keeps the proxy serving this long after the shutdown
+	// signal (with /readyz failing) before the drain starts. A sidecar
+	// placed as a regular container gets SIGTERM together with the app,
+	// which may still call the API server while it shuts down (releasing
+	// a lease, deregistering); a native sidecar is stopped only after the
+	// app has exited and needs none.
+	ShutdownDelay time.Duration
 }
 
 // Server is a running-to-be ambassador: listeners are open after New.
@@ -57,6 +65,9 @@ type Server struct {
 	ln    net.Listener
 	hln   net.Listener
 	reg   prometheus.Gatherer
+	// leaving is set when the shutdown signal arrives: /readyz fails
+	// from then on.
+	leaving atomic.Bool
 }
 
 // New validates cfg, loads the credentials (missing files make the server
@@ -75,6 +86,9 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, gatherer prome
 	}
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = 5 * time.Second
+	}
+	if cfg.ShutdownDelay < 0 {
+		return nil, fmt.Errorf("--shutdown-delay must not be negative, got %s", cfg.ShutdownDelay)
 	}
 	up, err := ParseUpstream(cfg.Upstream)
 	if err != nil {
@@ -110,8 +124,9 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // HealthAddr is the health and metrics listening address.
 func (s *Server) HealthAddr() net.Addr { return s.hln.Addr() }
 
-// Run serves until ctx ends, then drains in-flight requests for up to
-// ShutdownTimeout before closing what is left (long watches).
+// Run serves until ctx ends (and ShutdownDelay more), then drains in-flight
+// requests for up to ShutdownTimeout before closing what is left (long
+// watches).
 func (s *Server) Run(ctx context.Context) error {
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
@@ -152,7 +167,7 @@ func (s *Server) Run(ctx context.Context) error {
 		ConnState:         s.proxy.conns.track,
 		Logger:            slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
-	hs := ops.NewServer("", ops.Handler(s.reg, s.creds.ready, s.log), s.log)
+	hs := ops.NewServer("", ops.Handler(s.reg, s.ready, s.log), s.log)
 	errc := make(chan error, 2)
 	go func() { errc <- ps.Serve(s.ln) }()
 	go func() { errc <- hs.Serve(s.hln) }()
@@ -162,9 +177,21 @@ func (s *Server) Run(ctx context.Context) error {
 	var err error
 	select {
 	case <-ctx.Done():
+		s.leaving.Store(true)
+		if d := s.cfg.ShutdownDelay; d > 0 {
+			s.log.Info("shutdown signal: serving on for the shutdown delay", "delay", d.String())
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case err = <-errc:
+				t.Stop()
+				err = fmt.Errorf("serve: %w", err)
+			}
+		}
 	case err = <-errc:
 		err = fmt.Errorf("serve: %w", err)
 	}
+	s.leaving.Store(true)
 	s.log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
@@ -182,6 +209,14 @@ func (s *Server) Run(ctx context.Context) error {
 		c.CloseIdleConnections()
 	}
 	return err
+}
+
+// ready is /readyz: the credentials are loaded and no shutdown has begun.
+func (s *Server) ready() error {
+	if s.leaving.Load() {
+		return errors.New("shutting down")
+	}
+	return s.creds.ready()
 }
 
 // maxRequestBody bounds a request body the ambassador holds in memory.

@@ -262,6 +262,49 @@ func TestAmbassador(t *testing.T) {
 	assert.NotContains(t, res.Body, "PodmetaAmbassadorPolicy")
 }
 
+// TestRegularAmbassadorOutlivesAppShutdown: an ambassador placed as a regular
+// container (podmeta.io/native-sidecar: "false") gets SIGTERM together with
+// the app; podmeta's --shutdown-delay keeps it serving, so the app's own
+// shutdown can still call the API server. The app here creates a ConfigMap
+// through the ambassador 1 s after SIGTERM. The control pod's 5 s grace
+// period leaves no room for a delay: there the ambassador is gone when the
+// app calls, and no ConfigMap appears.
+func TestRegularAmbassadorOutlivesAppShutdown(t *testing.T) {
+	c := framework.Connect(t)
+	c.Installed(t)
+	ctx := context.Background()
+	ns := c.Namespace(t, "e2e-shutdown")
+	grantPodReader(ctx, t, c, ns)
+	pod := func(name string, grace int64) *corev1.Pod {
+		p := injectedPod(name, map[string]string{mutate.AnnotationNativeSidecar: "false", mutate.AnnotationAmbassadorPolicy: "full"})
+		p.Spec.TerminationGracePeriodSeconds = &grace
+		p.Spec.Containers[0].Env = append(p.Spec.Containers[0].Env, corev1.EnvVar{Name: "ON_TERM_CONFIGMAP", Value: "bye-" + name})
+		return p
+	}
+	delayed := c.StartPod(t, ns, pod("delayed", 30), podTimeout)
+	cut := c.StartPod(t, ns, pod("cut", 5), podTimeout)
+	require.Nil(t, ambassador(delayed).RestartPolicy, "a regular container")
+	assert.Contains(t, ambassador(delayed).Args, "--shutdown-delay=5s")
+	for _, a := range ambassador(cut).Args {
+		assert.NotContains(t, a, "--shutdown-delay", "a 5 s grace period leaves no room for a delay")
+	}
+
+	for _, name := range []string{"delayed", "cut"} {
+		require.NoError(t, c.Client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{}))
+	}
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		l, err := c.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		return err == nil && len(l.Items) == 0, nil
+	})
+	require.NoError(t, err, "pods not gone after deletion")
+
+	got, err := c.Client.CoreV1().ConfigMaps(ns).Get(ctx, "bye-delayed", metav1.GetOptions{})
+	require.NoError(t, err, "the app's call during its shutdown did not get through the delayed ambassador")
+	assert.Equal(t, "goodbye", got.Data["said"])
+	_, err = c.Client.CoreV1().ConfigMaps(ns).Get(ctx, "bye-cut", metav1.GetOptions{})
+	assert.True(t, apierrors.IsNotFound(err), "control: without a delay the ambassador stops with the app and the call fails (%v)", err)
+}
+
 // TestUnlabeledPodUntouched: pods without the label, or with "false", are
 // stored exactly as submitted (plus what Kubernetes itself adds).
 func TestUnlabeledPodUntouched(t *testing.T) {

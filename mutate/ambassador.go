@@ -110,7 +110,33 @@ func (in *injection) ambassadorArgs() []string {
 	if in.s.allow != "" {
 		args = append(args, "--allow="+in.s.allow)
 	}
+	if d := in.shutdownDelay(); d > 0 {
+		args = append(args, "--shutdown-delay="+strconv.FormatInt(d, 10)+"s")
+	}
 	return args
+}
+
+// maxShutdownDelaySeconds bounds ambassador.shutdownDelaySeconds: longer
+// would hold every pod in Terminating for minutes.
+const maxShutdownDelaySeconds = 300
+
+// ambassadorDrainSeconds is what the ambassador needs after its shutdown
+// delay: its drain (ShutdownTimeout, 5 s) plus a second of slack.
+const ambassadorDrainSeconds = 6
+
+// shutdownDelay is the --shutdown-delay of an ambassador placed as a
+// regular container: the configured delay, cut so that delay and drain end
+// before the kubelet's SIGKILL at the pod's grace period (30 s when the
+// manifest sets none; the API server defaults it before admission).
+func (in *injection) shutdownDelay() int64 {
+	if in.s.native {
+		return 0
+	}
+	grace := int64(corev1.DefaultTerminationGracePeriodSeconds)
+	if g := in.pod.Spec.TerminationGracePeriodSeconds; g != nil {
+		grace = *g
+	}
+	return max(0, min(in.cfg.Ambassador.ShutdownDelaySeconds, grace-ambassadorDrainSeconds))
 }
 
 // isOurAmbassador tells the sidecar of an earlier pass (possibly defaulted

@@ -133,6 +133,12 @@ type AmbassadorConfig struct {
 	// TokenExpirationSeconds of the projected service account token; the
 	// kubelet rotates it at 80% of its life and the ambassador rereads it.
 	TokenExpirationSeconds int64 `json:"tokenExpirationSeconds"`
+	// ShutdownDelaySeconds: placed as a regular container, the ambassador
+	// gets SIGTERM together with the app and keeps serving this long, so
+	// API calls the app makes while it shuts down still work (passed as
+	// --shutdown-delay, capped to fit the pod's grace period). A native
+	// sidecar is stopped after the app exits and gets none.
+	ShutdownDelaySeconds int64 `json:"shutdownDelaySeconds"`
 }
 
 // DefaultConfig returns the documented defaults: every feature on, the
@@ -178,6 +184,7 @@ func DefaultConfig() Config {
 				},
 			},
 			TokenExpirationSeconds: 3607,
+			ShutdownDelaySeconds:   5,
 		},
 	}
 }
@@ -267,6 +274,9 @@ func (c Config) Validate() error {
 	}
 	if a.TokenExpirationSeconds < 600 {
 		bad("ambassador.tokenExpirationSeconds", "%d is below the API server's minimum of 600", a.TokenExpirationSeconds)
+	}
+	if a.ShutdownDelaySeconds < 0 || a.ShutdownDelaySeconds > maxShutdownDelaySeconds {
+		bad("ambassador.shutdownDelaySeconds", "%d is outside 0..%d", a.ShutdownDelaySeconds, maxShutdownDelaySeconds)
 	}
 	return errors.Join(errs...)
 }

@@ -57,6 +57,8 @@ func TestConfigValidate(t *testing.T) {
 			c.Ambassador.Resources.Limits["memory"] = c.Ambassador.Resources.Requests["cpu"]
 		}, `config ambassador.resources: memory request`},
 		{"token expiry", func(c *mutate.Config) { c.Ambassador.TokenExpirationSeconds = 60 }, `config ambassador.tokenExpirationSeconds: 60 is below`},
+		{"negative shutdown delay", func(c *mutate.Config) { c.Ambassador.ShutdownDelaySeconds = -1 }, `config ambassador.shutdownDelaySeconds: -1 is outside 0..300`},
+		{"long shutdown delay", func(c *mutate.Config) { c.Ambassador.ShutdownDelaySeconds = 301 }, `config ambassador.shutdownDelaySeconds: 301 is outside 0..300`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

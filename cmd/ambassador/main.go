@@ -39,6 +39,9 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	// After the first signal starts the shutdown (and its delay), a second
+	// one kills the process the default way.
+	go func() { <-ctx.Done(); stop() }()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv, nil); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "podmeta-ambassador:", err)
@@ -72,6 +75,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	fs.StringVar(&cfg.CAFile, "ca-file", saDir+"/ca.crt", "CA bundle the API server certificate must chain to")
 	fs.StringVar(&mode, "policy", string(policy.ReadOnly), "read-only, full or allow-list")
 	fs.StringVar(&allow, "allow", "", `allow rules, e.g. "GET /api/v1/namespaces/*/pods/**; PUT /api/v1/namespaces/a/configmaps/b"`)
+	fs.DurationVar(&cfg.ShutdownDelay, "shutdown-delay", 0, "on SIGTERM, keep serving this long (with /readyz failing) before draining; podmeta sets it when the ambassador is a regular container, which is stopped together with the app")
 	fs.StringVar(&lvl, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&showVersion, "version", false, "print version information as JSON and exit")
 	if err := fs.Parse(args); err != nil {

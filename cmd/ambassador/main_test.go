@@ -34,6 +34,8 @@ func TestRunFlagErrors(t *testing.T) {
 		{[]string{"--log-level=loud"}, `--log-level: invalid log level "loud"`},
 		{[]string{"--listen=0.0.0.0:8001"}, "is not a loopback address"},
 		{[]string{"--upstream=http://127.0.0.1:6443"}, "want https://host:port"},
+		{[]string{"--shutdown-delay=-1s"}, "--shutdown-delay must not be negative, got -1s"},
+		{[]string{"--shutdown-delay=5"}, `invalid value "5" for flag -shutdown-delay`},
 		{[]string{"extra"}, "unexpected arguments"},
 		{[]string{"--no-such-flag"}, "flag provided but not defined"},
 	} {

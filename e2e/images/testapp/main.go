@@ -11,6 +11,11 @@
 //	ANY /relay/P                 forwards the request (method, body) to $AMBASSADOR_URL/P
 //	                             (default http://127.0.0.1:8001) and reports {"status":..,"body":..}
 //
+// With $ON_TERM_CONFIGMAP set, the server, on SIGTERM, waits $ON_TERM_WAIT
+// (default 1s) and then creates that ConfigMap in $POD_NAMESPACE through
+// $PODMETA_AMBASSADOR_URL before it stops: an app releasing a lease on its
+// way out. Tests look for the ConfigMap once the pod is gone.
+//
 // Two more modes serve tests that need something else than a server:
 //
 //	testapp get URL      GET URL ($VARS expanded) until it answers 2xx (at most
@@ -24,11 +29,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -69,6 +76,13 @@ func run(logger *slog.Logger) error {
 	defer stop()
 	go func() {
 		<-ctx.Done()
+		if name := os.Getenv("ON_TERM_CONFIGMAP"); name != "" {
+			if err := farewell(name); err != nil {
+				logger.Error("on-term call failed", "configmap", name, "err", err)
+			} else {
+				logger.Info("on-term call done", "configmap", name)
+			}
+		}
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(shutdown)
@@ -85,4 +99,31 @@ func envOr(k, def string) string {
 		return v
 	}
 	return def
+}
+
+// farewell is the ON_TERM_CONFIGMAP call: after $ON_TERM_WAIT, create the
+// ConfigMap through the ambassador.
+func farewell(name string) error {
+	wait := time.Second
+	if v := os.Getenv("ON_TERM_WAIT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("ON_TERM_WAIT: %w", err)
+		}
+		wait = d
+	}
+	time.Sleep(wait)
+	body := fmt.Sprintf(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":%q},"data":{"said":"goodbye"}}`, name)
+	url := os.Getenv("PODMETA_AMBASSADOR_URL") + "/api/v1/namespaces/" + os.Getenv("POD_NAMESPACE") + "/configmaps"
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	resp, err := client.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("POST %s: %d %s", url, resp.StatusCode, b)
+	}
+	return nil
 }
