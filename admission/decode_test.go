@@ -69,9 +69,22 @@ func TestDecodeLeavesOutOnlyUnread(t *testing.T) {
 				if variant == "filled" {
 					// The fast path was taken and left the types out.
 					assert.Nil(t, fast.Spec.Affinity, "the fast path did not leave out the unread types")
-					for _, c := range fast.Spec.Containers {
-						assert.Empty(t, c.Resources.Limits)
+					if fast.Spec.Resources != nil { // allocated, then skipped
+						assert.Empty(t, fast.Spec.Resources.Limits)
 					}
+					assert.Nil(t, fast.Spec.SecurityContext)
+					assert.Empty(t, fast.Spec.Tolerations)
+					assert.Empty(t, fast.ManagedFields)
+					assert.Empty(t, fast.OwnerReferences)
+					assert.Empty(t, fast.Status.Phase)
+					for _, c := range append(fast.Spec.InitContainers, fast.Spec.Containers...) {
+						assert.Empty(t, c.Resources.Limits)
+						assert.Nil(t, c.ReadinessProbe)
+						assert.Nil(t, c.Lifecycle)
+						assert.Nil(t, c.SecurityContext)
+					}
+					assert.Equal(t, len(full.Spec.Containers), len(fast.Spec.Containers), "containers decoded")
+					assert.Equal(t, len(full.Spec.InitContainers), len(fast.Spec.InitContainers), "init containers decoded")
 				}
 
 				var want []byte
@@ -100,7 +113,8 @@ func TestDecodeLeavesOutOnlyUnread(t *testing.T) {
 	}
 }
 
-// fillUnread sets every type in unread, in the pod and each container.
+// fillUnread sets every field unreadPod leaves out, in the pod and each
+// container.
 func fillUnread(p *corev1.Pod) {
 	q := resource.MustParse
 	p.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl", Operation: metav1.ManagedFieldsOperationUpdate, APIVersion: "v1",
@@ -112,6 +126,7 @@ func fillUnread(p *corev1.Pod) {
 		NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: []corev1.NodeSelectorRequirement{{Key: "k", Operator: corev1.NodeSelectorOpExists}}}}}}}
 	p.Spec.Tolerations = []corev1.Toleration{{Key: "node.kubernetes.io/not-ready", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute}}
 	p.Spec.TopologySpreadConstraints = []corev1.TopologySpreadConstraint{{MaxSkew: 1, TopologyKey: "zone", WhenUnsatisfiable: corev1.DoNotSchedule}}
+	p.Spec.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceCPU: q("2")}}
 	probe := func(port int) *corev1.Probe {
 		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt(port)}}}
 	}
