@@ -275,14 +275,19 @@ func TestRegularAmbassadorOutlivesAppShutdown(t *testing.T) {
 	ctx := context.Background()
 	ns := c.Namespace(t, "e2e-shutdown")
 	grantPodReader(ctx, t, c, ns)
-	pod := func(name string, grace int64) *corev1.Pod {
+	// wait: how long after its SIGTERM the app calls. The delayed pod calls
+	// well inside the ambassador's 5 s; the control calls late enough
+	// that its ambassador, signalled at about the same moment, has surely
+	// stopped.
+	pod := func(name string, grace int64, wait string) *corev1.Pod {
 		p := injectedPod(name, map[string]string{mutate.AnnotationNativeSidecar: "false", mutate.AnnotationAmbassadorPolicy: "full"})
 		p.Spec.TerminationGracePeriodSeconds = &grace
-		p.Spec.Containers[0].Env = append(p.Spec.Containers[0].Env, corev1.EnvVar{Name: "ON_TERM_CONFIGMAP", Value: "bye-" + name})
+		p.Spec.Containers[0].Env = append(p.Spec.Containers[0].Env,
+			corev1.EnvVar{Name: "ON_TERM_CONFIGMAP", Value: "bye-" + name}, corev1.EnvVar{Name: "ON_TERM_WAIT", Value: wait})
 		return p
 	}
-	delayed := c.StartPod(t, ns, pod("delayed", 30), podTimeout)
-	cut := c.StartPod(t, ns, pod("cut", 5), podTimeout)
+	delayed := c.StartPod(t, ns, pod("delayed", 30, "1s"), podTimeout)
+	cut := c.StartPod(t, ns, pod("cut", 5, "3s"), podTimeout)
 	require.Nil(t, ambassador(delayed).RestartPolicy, "a regular container")
 	assert.Contains(t, ambassador(delayed).Args, "--shutdown-delay=5s")
 	for _, a := range ambassador(cut).Args {
