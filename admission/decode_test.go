@@ -74,12 +74,16 @@ func TestDecodeLeavesOutOnlyUnread(t *testing.T) {
 					}
 					assert.Nil(t, fast.Spec.SecurityContext)
 					assert.Empty(t, fast.Spec.Tolerations)
+					assert.Empty(t, fast.Spec.TopologySpreadConstraints)
 					assert.Empty(t, fast.ManagedFields)
 					assert.Empty(t, fast.OwnerReferences)
 					assert.Empty(t, fast.Status.Phase)
 					for _, c := range append(fast.Spec.InitContainers, fast.Spec.Containers...) {
 						assert.Empty(t, c.Resources.Limits)
+						assert.Empty(t, c.Resources.Requests)
+						assert.Nil(t, c.LivenessProbe)
 						assert.Nil(t, c.ReadinessProbe)
+						assert.Nil(t, c.StartupProbe)
 						assert.Nil(t, c.Lifecycle)
 						assert.Nil(t, c.SecurityContext)
 					}

@@ -227,7 +227,7 @@ func TestDeniedNamesAnnotation(t *testing.T) {
 	assert.Equal(t, "BadRequest", string(r.Result.Reason))
 	assert.Equal(t, `podmeta: annotation podmeta.io/ambassador-port: invalid value "0": want a port number 1-65534 (port+1 is the health port); `+
 		`annotation podmeta.io/colour: unknown podmeta annotation (known: podmeta.io/ambassador, podmeta.io/ambassador-allow, podmeta.io/ambassador-policy, `+
-		`podmeta.io/ambassador-port, podmeta.io/containers, podmeta.io/env, podmeta.io/env-prefix, podmeta.io/mount-path, podmeta.io/native-sidecar, `+
+		`podmeta.io/ambassador-port, podmeta.io/ambassador-shutdown-delay, podmeta.io/containers, podmeta.io/env, podmeta.io/env-prefix, podmeta.io/mount-path, podmeta.io/native-sidecar, `+
 		`podmeta.io/status, podmeta.io/volume)`, r.Result.Message)
 	assert.Equal(t, 1.0, testutil.ToFloat64(h.m.requests.WithLabelValues(OutcomeDenied)))
 }

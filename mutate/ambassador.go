@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -111,7 +112,7 @@ func (in *injection) ambassadorArgs() []string {
 		args = append(args, "--allow="+in.s.allow)
 	}
 	if d := in.shutdownDelay(); d > 0 {
-		args = append(args, "--shutdown-delay="+strconv.FormatInt(d, 10)+"s")
+		args = append(args, shutdownDelayFlag+strconv.FormatInt(d, 10)+"s")
 	}
 	return args
 }
@@ -121,13 +122,15 @@ func (in *injection) ambassadorArgs() []string {
 const maxShutdownDelaySeconds = 300
 
 // ambassadorDrainSeconds is what the ambassador needs after its shutdown
-// delay: its drain (ShutdownTimeout, 5 s) plus a second of slack.
+// delay: its drain (ambassador.Config.ShutdownTimeout's default, 5 s) plus
+// a second of slack.
 const ambassadorDrainSeconds = 6
 
 // shutdownDelay is the --shutdown-delay of an ambassador placed as a
-// regular container: the configured delay, cut so that delay and drain end
-// before the kubelet's SIGKILL at the pod's grace period (30 s when the
-// manifest sets none; the API server defaults it before admission).
+// regular container: the configured delay (or the pod's annotation), cut
+// so that delay and drain end before the kubelet's SIGKILL at the pod's
+// grace period (30 s when the manifest sets none; the API server defaults
+// it before admission).
 func (in *injection) shutdownDelay() int64 {
 	if in.s.native {
 		return 0
@@ -136,13 +139,24 @@ func (in *injection) shutdownDelay() int64 {
 	if g := in.pod.Spec.TerminationGracePeriodSeconds; g != nil {
 		grace = *g
 	}
-	return max(0, min(in.cfg.Ambassador.ShutdownDelaySeconds, grace-ambassadorDrainSeconds))
+	return max(0, min(in.s.shutdownDelay, grace-ambassadorDrainSeconds))
 }
 
 // isOurAmbassador tells the sidecar of an earlier pass (possibly defaulted
-// by the API server since) from a user's container of the same name.
+// by the API server since) from a user's container of the same name. The
+// shutdown delay is left out of the comparison: it follows the pod's grace
+// period, which a webhook after podmeta may change before podmeta is
+// invoked again; the earlier sidecar is still ours, and keeps its delay
+// (podmeta only adds, it never rewrites a container).
 func (in *injection) isOurAmbassador(c *corev1.Container) bool {
-	return c.Name == AmbassadorName && c.Image == in.cfg.Ambassador.Image && slices.Equal(c.Args, in.ambassadorArgs())
+	return c.Name == AmbassadorName && c.Image == in.cfg.Ambassador.Image &&
+		slices.Equal(withoutShutdownDelay(c.Args), withoutShutdownDelay(in.ambassadorArgs()))
+}
+
+const shutdownDelayFlag = "--shutdown-delay="
+
+func withoutShutdownDelay(args []string) []string {
+	return slices.DeleteFunc(slices.Clone(args), func(a string) bool { return strings.HasPrefix(a, shutdownDelayFlag) })
 }
 
 func isOurAPIAccess(v *corev1.Volume) bool {

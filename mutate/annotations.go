@@ -63,6 +63,7 @@ type settings struct {
 	policy             string
 	allow              string
 	native             bool
+	shutdownDelay      int64 // seconds, before the cut to the grace period
 }
 
 var knownAnnotations = map[string]bool{
@@ -70,6 +71,7 @@ var knownAnnotations = map[string]bool{
 	AnnotationContainers: true, AnnotationEnvPrefix: true, AnnotationMountPath: true,
 	AnnotationAmbassadorPort: true, AnnotationAmbassadorPolicy: true,
 	AnnotationAmbassadorAllow: true, AnnotationNativeSidecar: true, AnnotationStatus: true,
+	AnnotationAmbassadorShutdownDelay: true,
 }
 
 // parseAnnotations applies the pod's podmeta.io/* annotations to cfg. It
@@ -79,6 +81,7 @@ func parseAnnotations(ann map[string]string, cfg Config) (settings, error) {
 		env: cfg.Env, volume: cfg.Volume, ambassador: cfg.Ambassador.Enabled,
 		prefix: cfg.EnvPrefix, mountPath: cfg.MountPath, port: cfg.Ambassador.Port,
 		policy: cfg.Ambassador.Policy, allow: cfg.Ambassador.Allow, native: cfg.Ambassador.NativeSidecar,
+		shutdownDelay: cfg.Ambassador.ShutdownDelaySeconds,
 	}
 	var errs AnnotationErrors
 	bad := func(k, v, format string, args ...any) {
@@ -149,6 +152,13 @@ func parseAnnotations(ann map[string]string, cfg Config) (settings, error) {
 			}
 		case AnnotationAmbassadorAllow:
 			s.allow = v
+		case AnnotationAmbassadorShutdownDelay:
+			d, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || d < 0 || d > maxShutdownDelaySeconds {
+				bad(k, v, "want whole seconds 0-%d", maxShutdownDelaySeconds)
+				break
+			}
+			s.shutdownDelay = d
 		case AnnotationStatus:
 			// Written by podmeta; rewritten on every pass.
 		default:

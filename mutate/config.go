@@ -34,6 +34,9 @@ const (
 	AnnotationAmbassadorPolicy = "podmeta.io/ambassador-policy"
 	AnnotationAmbassadorAllow  = "podmeta.io/ambassador-allow"
 	AnnotationNativeSidecar    = "podmeta.io/native-sidecar"
+	// AnnotationAmbassadorShutdownDelay overrides
+	// ambassador.shutdownDelaySeconds for the pod (whole seconds).
+	AnnotationAmbassadorShutdownDelay = "podmeta.io/ambassador-shutdown-delay"
 	// AnnotationStatus is written by podmeta: the JSON Report.
 	AnnotationStatus = "podmeta.io/status"
 

@@ -28,6 +28,8 @@ func FuzzAnnotations(f *testing.F) {
 	f.Add("containers", "app,side", "volume", "false", "", "")
 	f.Add("status", "{}", "ambassador", "maybe", "A", "/a/b")
 	f.Add("unknown", "x", "mount-path", "/etc/../etc", "POD_NAME", "/etc")
+	f.Add("ambassador-shutdown-delay", "20", "native-sidecar", "false", "A", "/a")
+	f.Add("ambassador-shutdown-delay", "301", "native-sidecar", "true", "A", "/a")
 	cfg := mutate.DefaultConfig()
 	f.Fuzz(func(t *testing.T, k1, v1, k2, v2, userEnv, userMount string) {
 		pod := &corev1.Pod{

@@ -37,11 +37,11 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(50)
 	}
+	// A repeated signal changes nothing: the shutdown delay and the drain
+	// run their course (the kubelet's SIGKILL ends them at the grace
+	// period). Exiting at once would drop the app's last API calls.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	// After the first signal starts the shutdown (and its delay), a second
-	// one kills the process the default way.
-	go func() { <-ctx.Done(); stop() }()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv, nil); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "podmeta-ambassador:", err)
