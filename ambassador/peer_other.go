@@ -8,3 +8,7 @@ import "syscall"
 // the API server had closed fails it as before (GET, HEAD and PUT are
 // retried by fasthttp, other methods answered with 502).
 func peerClosed(syscall.RawConn) bool { return false }
+
+// waitHangup cannot peek here: a plain request runs to its end upstream
+// even if its app hung up.
+func waitHangup(syscall.RawConn) bool { return false }

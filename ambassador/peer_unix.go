@@ -27,3 +27,21 @@ func peerClosed(raw syscall.RawConn) bool {
 	}
 	return !errors.Is(err, syscall.EAGAIN)
 }
+
+// waitHangup blocks until the app's connection is readable, without
+// reading it, and reports whether the app hung up (end of stream or reset).
+// Anything readable (a pipelined request) ends the wait with false, and so
+// does a read deadline.
+func waitHangup(raw syscall.RawConn) bool {
+	var gone bool
+	_ = raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		if err == syscall.EAGAIN || err == syscall.EINTR {
+			return false // wait until readable
+		}
+		gone = err != nil || n == 0
+		return true
+	})
+	return gone
+}

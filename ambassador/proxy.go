@@ -166,9 +166,13 @@ func (p *proxy) forward(ctx *fasthttp.RequestCtx, method string, out *url.URL, b
 	// only the pod's service account.
 	req.Header.Set("Authorization", bearer)
 
+	c := newCall(ctx.Conn())
+	req.SetUserValue(callKey{}, c)
 	res := fasthttp.AcquireResponse()
 	start := time.Now()
 	err = hc.Do(req, res)
+	c.stop()
+	req.RemoveUserValue(callKey{})
 	p.m.upstream.Observe(time.Since(start).Seconds())
 	if err != nil {
 		fasthttp.ReleaseResponse(res)
@@ -185,11 +189,12 @@ func (p *proxy) forward(ctx *fasthttp.RequestCtx, method string, out *url.URL, b
 		ctx.SetConnectionClose()
 	}
 	body := res.BodyStream()
-	if body == nil { // HEAD, 204, 304: no body
+	if body == nil { // HEAD, 204, 304: no body, the connection is back
 		fasthttp.ReleaseResponse(res)
 		return code
 	}
-	up := &upstreamBody{Reader: body, res: res}
+	up := &upstreamBody{body: body, res: res, release: c.release}
+	up.Reader = readerFunc(up.readBody)
 	if n := res.Header.ContentLength(); n >= 0 {
 		ctx.Response.SetBodyStream(up, n)
 		return code
@@ -204,7 +209,7 @@ func (p *proxy) forward(ctx *fasthttp.RequestCtx, method string, out *url.URL, b
 	n := 0
 	for n < len(*bp) && err == nil {
 		var m int
-		m, err = body.Read((*bp)[n:])
+		m, err = up.Read((*bp)[n:])
 		n += m
 	}
 	switch err {
@@ -213,7 +218,7 @@ func (p *proxy) forward(ctx *fasthttp.RequestCtx, method string, out *url.URL, b
 		bodyBuffers.Put(bp)
 		up.Close()
 	case nil: // larger: send what we have, then stream the rest
-		up.Reader = io.MultiReader(bytes.NewReader(*bp), body)
+		up.Reader = io.MultiReader(bytes.NewReader(*bp), readerFunc(up.readBody))
 		up.buf = bp
 		ctx.Response.SetBodyStream(up, -1)
 	default:
@@ -230,12 +235,24 @@ func (p *proxy) forward(ctx *fasthttp.RequestCtx, method string, out *url.URL, b
 
 // upstreamBody is a response body being streamed from the HTTP/1.1 pool to
 // the client; fasthttp closes it when the response is written (or fails),
-// which hands the upstream connection back to the pool.
+// which hands the upstream connection back to the pool, or closes it if
+// the body was not read to its end.
 type upstreamBody struct {
-	io.Reader
-	res  *fasthttp.Response
-	buf  *[]byte
-	once sync.Once
+	io.Reader           // what the client gets: body, or a buffered start then body
+	body      io.Reader // the upstream body
+	eof       bool      // body was read to its end
+	res       *fasthttp.Response
+	release   func(discard bool)
+	buf       *[]byte
+	once      sync.Once
+}
+
+func (b *upstreamBody) readBody(p []byte) (int, error) {
+	n, err := b.body.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
 }
 
 func (b *upstreamBody) Close() error { return b.closeWithError(nil) }
@@ -243,11 +260,8 @@ func (b *upstreamBody) Close() error { return b.closeWithError(nil) }
 func (b *upstreamBody) closeWithError(cause error) error {
 	var err error
 	b.once.Do(func() {
-		if s, ok := b.res.BodyStream().(fasthttp.ReadCloserWithError); ok && cause != nil {
-			err = s.CloseWithError(cause)
-		} else {
-			err = b.res.CloseBodyStream()
-		}
+		err = b.res.CloseBodyStream()
+		b.release(cause != nil || !b.eof)
 		fasthttp.ReleaseResponse(b.res)
 		if b.buf != nil {
 			bodyBuffers.Put(b.buf)
@@ -255,6 +269,11 @@ func (b *upstreamBody) closeWithError(cause error) error {
 	})
 	return err
 }
+
+// readerFunc adapts a read method to io.Reader.
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 // Small complete responses (a get, a list of a few dozen objects) are read
 // whole before the first byte goes to the client, so the client gets a

@@ -338,6 +338,8 @@ func plainClient(up *url.URL, pool *x509.CertPool) *fasthttp.HostClient {
 		DisablePathNormalizing: true,
 		// Bodies are passed on as they arrive, never held whole.
 		StreamResponseBody: true,
+		// A request is canceled upstream when its app hangs up.
+		Transport: plainTransport{},
 	}
 }
 

@@ -1,0 +1,219 @@
+package ambassador
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestPlainHangupCancelsUpstream: an app that hangs up while a plain request
+// (a get, a list) waits for the API server cancels it there too: the
+// ambassador closes the upstream connection, which ends the request's
+// context at the API server (kube-apiserver stops its work then). The pool
+// serves the next request as usual.
+func TestPlainHangupCancelsUpstream(t *testing.T) {
+	for _, early := range []bool{true, false} {
+		t.Run(fmt.Sprintf("hang-up before the watch starts %t", early), func(t *testing.T) {
+			arrived, canceled := make(chan struct{}, 1), make(chan struct{}, 1)
+			api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/api/v1/namespaces/a/pods" {
+					arrived <- struct{}{}
+					select {
+					case <-r.Context().Done():
+						canceled <- struct{}{}
+					case <-time.After(30 * time.Second):
+					}
+					return
+				}
+				w.Header().Set("Content-Type", "application/json")
+				_, _ = io.WriteString(w, `{"kind":"PodList"}`)
+			})
+			vol := newSAVolume(t, "tok", api.caPEM())
+			h := startAmbassador(t, api.URL, vol.token(), vol.ca())
+
+			ctx, cancel := context.WithCancel(context.Background())
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.url+"/api/v1/namespaces/a/pods", nil)
+			require.NoError(t, err)
+			errc := make(chan error, 1)
+			go func() {
+				res, err := h.client.Do(req)
+				if err == nil {
+					res.Body.Close()
+				}
+				errc <- err
+			}()
+			<-arrived
+			if !early {
+				time.Sleep(3 * hangupWatchAfter) // the watch is running
+			}
+			cancel()
+			select {
+			case <-canceled:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the API server's request was not canceled after the app hung up")
+			}
+			require.Error(t, <-errc)
+			assert.Eventually(t, func() bool {
+				return testutil.ToFloat64(h.srv.proxy.m.requests.WithLabelValues("499", "GET")) == 1
+			}, 5*time.Second, 10*time.Millisecond, "counted as 499")
+
+			code, body := h.do(t, http.MethodGet, "/api/v1/namespaces/b/pods", nil)
+			assert.Equal(t, http.StatusOK, code)
+			assert.Equal(t, `{"kind":"PodList"}`, body)
+		})
+	}
+}
+
+// TestSlowAnswerKeepsConnections: a request answered after the hang-up watch
+// has started is served normally, and both the app's keep-alive connection
+// and the upstream connection are reused afterwards (the watch leaves no
+// read deadline behind).
+func TestSlowAnswerKeepsConnections(t *testing.T) {
+	var mu sync.Mutex
+	upstreamConns := map[string]bool{}
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		upstreamConns[r.RemoteAddr] = true
+		mu.Unlock()
+		if r.URL.Query().Get("slow") != "" {
+			time.Sleep(4 * hangupWatchAfter)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"kind":"PodList"}`)
+	})
+	vol := newSAVolume(t, "tok", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca())
+
+	var reused []bool
+	for _, q := range []string{"slow=1", "", "slow=1", ""} {
+		trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = append(reused, i.Reused) }}
+		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, h.url+"/api/v1/pods?"+q, nil)
+		require.NoError(t, err)
+		res, err := h.client.Do(req)
+		require.NoError(t, err)
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		assert.Equal(t, http.StatusOK, res.StatusCode)
+		assert.Equal(t, `{"kind":"PodList"}`, string(b))
+	}
+	assert.Equal(t, []bool{false, true, true, true}, reused, "the app's connection is kept alive")
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Len(t, upstreamConns, 1, "one upstream connection served every request")
+}
+
+// TestUpstreamConnectionReused: whatever the body (known length, chunked and
+// streamed past bufferLimit, none for HEAD and 204), the upstream
+// connection goes back to the pool once the body is done, and a body the
+// app did not read to its end retires its connection instead.
+func TestUpstreamConnectionReused(t *testing.T) {
+	var mu sync.Mutex
+	upstreamConns := map[string]bool{}
+	big := strings.Repeat("x", 3*bufferLimit)
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		upstreamConns[r.RemoteAddr] = true
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		switch r.URL.Path {
+		case "/known":
+			w.Header().Set("Content-Length", "2")
+			_, _ = io.WriteString(w, "{}")
+		case "/chunked":
+			_, _ = io.WriteString(w, big[:bufferLimit])
+			http.NewResponseController(w).Flush()
+			_, _ = io.WriteString(w, big[bufferLimit:])
+		case "/small-chunked":
+			_, _ = io.WriteString(w, "[")
+			http.NewResponseController(w).Flush()
+			_, _ = io.WriteString(w, "]")
+		case "/empty":
+			w.WriteHeader(http.StatusNoContent)
+		case "/endless":
+			for r.Context().Err() == nil {
+				if _, err := io.WriteString(w, big); err != nil {
+					return
+				}
+			}
+		}
+	})
+	vol := newSAVolume(t, "tok", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca())
+	for _, tc := range []struct{ method, path, want string }{
+		{http.MethodGet, "/known", "{}"},
+		{http.MethodGet, "/chunked", big},
+		{http.MethodGet, "/small-chunked", "[]"},
+		{http.MethodHead, "/known", ""},
+		{http.MethodGet, "/empty", ""},
+		{http.MethodGet, "/known", "{}"},
+	} {
+		_, body := h.do(t, tc.method, tc.path, nil)
+		assert.Equal(t, tc.want, body, "%s %s", tc.method, tc.path)
+	}
+	mu.Lock()
+	assert.Len(t, upstreamConns, 1, "one upstream connection served every request")
+	mu.Unlock()
+
+	// The app reads a few bytes of a body that does not end and hangs up:
+	// that connection is closed, not pooled with a body half read.
+	res, err := h.client.Get(h.url + "/endless")
+	require.NoError(t, err)
+	_, err = io.ReadFull(res.Body, make([]byte, 10))
+	require.NoError(t, err)
+	res.Body.Close()
+	h.client.CloseIdleConnections()
+	require.Eventually(t, func() bool { return h.srv.proxy.conns.open() == 0 }, 5*time.Second, 10*time.Millisecond,
+		"the ambassador noticed the hang-up")
+	_, body := h.do(t, http.MethodGet, "/known", nil)
+	assert.Equal(t, "{}", body, "served on a fresh connection")
+	mu.Lock()
+	assert.Len(t, upstreamConns, 2, "the half-read connection was retired")
+	mu.Unlock()
+}
+
+// TestHangupWatchStopRace: answers that arrive just as the hang-up watch
+// starts (the timer firing while forward stops it) never leave a request
+// hanging or a connection unusable.
+func TestHangupWatchStopRace(t *testing.T) {
+	var n atomic.Int64
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		// 40..59 ms, around hangupWatchAfter.
+		time.Sleep(hangupWatchAfter - 10*time.Millisecond + time.Duration(n.Add(1)%20)*time.Millisecond)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{}`)
+	})
+	vol := newSAVolume(t, "tok", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca())
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 25 {
+				res, err := h.client.Get(h.url + "/api/v1/pods")
+				if !assert.NoError(t, err) {
+					return
+				}
+				b, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				assert.Equal(t, "{}", string(b))
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("requests hung")
+	}
+}
