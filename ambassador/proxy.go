@@ -176,6 +176,15 @@ func (p *proxy) forward(ctx *fasthttp.RequestCtx, method string, out *url.URL, b
 	p.m.upstream.Observe(time.Since(start).Seconds())
 	if err != nil {
 		fasthttp.ReleaseResponse(res)
+		if errors.Is(err, errHungUp) {
+			// Counted as 499. The app usually is gone; one that only
+			// closed its sending side (which net/http's server takes
+			// for a hang-up too) reads a 502, never a made-up answer.
+			p.log.Debug("client went away", "method", method, "path", out.Path)
+			writeStatusCtx(ctx, fasthttp.StatusBadGateway, "ServiceUnavailable", "podmeta-ambassador: "+err.Error(), "")
+			ctx.SetConnectionClose()
+			return 499
+		}
 		return p.upstreamError(ctx, method, out.Path, err)
 	}
 	code := res.StatusCode()

@@ -22,7 +22,8 @@ import (
 // not when fasthttp's wrapper would.
 //
 // The pool sets no read or write timeouts and no maximum connection age
-// (see plainClient); this transport does not implement them.
+// (see plainClient); this transport does not implement them
+// (TestPlainClientHasNoTimeouts holds plainClient to that).
 type plainTransport struct{}
 
 // errHungUp: the app closed its connection before the API server answered;
@@ -47,7 +48,7 @@ func (plainTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, 
 	}
 	conn := cc.Conn()
 	if !c.attach(conn) {
-		hc.CloseConn(cc)
+		hc.ReleaseConn(cc) // nothing was written on it
 		return false, errHungUp
 	}
 	resp.ParseNetConn(conn)
@@ -73,6 +74,7 @@ func (plainTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, 
 		err = errHungUp
 	}
 	if err != nil {
+		_ = resp.CloseBodyStream() // a head may have been read: its stream reads br
 		hc.ReleaseReader(br)
 		hc.CloseConn(cc)
 		return !errors.Is(err, errHungUp) && !errors.Is(err, fasthttp.ErrBodyTooLarge), err

@@ -1,11 +1,14 @@
 package ambassador
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/podmeta/podmeta/policy"
 )
 
 // TestPlainHangupCancelsUpstream: an app that hangs up while a plain request
@@ -77,8 +82,7 @@ func TestPlainHangupCancelsUpstream(t *testing.T) {
 
 // TestSlowAnswerKeepsConnections: a request answered after the hang-up watch
 // has started is served normally, and both the app's keep-alive connection
-// and the upstream connection are reused afterwards (the watch leaves no
-// read deadline behind).
+// and the upstream connection are reused afterwards.
 func TestSlowAnswerKeepsConnections(t *testing.T) {
 	var mu sync.Mutex
 	upstreamConns := map[string]bool{}
@@ -175,11 +179,64 @@ func TestUpstreamConnectionReused(t *testing.T) {
 	h.client.CloseIdleConnections()
 	require.Eventually(t, func() bool { return h.srv.proxy.conns.open() == 0 }, 5*time.Second, 10*time.Millisecond,
 		"the ambassador noticed the hang-up")
+	hc, err := h.srv.creds.client()
+	require.NoError(t, err)
+	assert.Eventually(t, func() bool { return hc.ConnsCount() == 0 }, 5*time.Second, 10*time.Millisecond,
+		"the half-read connection was closed, not pooled")
 	_, body := h.do(t, http.MethodGet, "/known", nil)
 	assert.Equal(t, "{}", body, "served on a fresh connection")
-	mu.Lock()
-	assert.Len(t, upstreamConns, 2, "the half-read connection was retired")
-	mu.Unlock()
+}
+
+// TestHalfCloseAnsweredNotFaked: an app that closes its sending side after
+// the request is taken for gone, as net/http's server takes it (the request
+// is canceled upstream), but if it still reads, it reads an error, never
+// an empty 200.
+func TestHalfCloseAnsweredNotFaked(t *testing.T) {
+	canceled := make(chan struct{}, 1)
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		// Like the API server, read the body first: net/http notices a
+		// closed connection only after that.
+		_, _ = io.ReadAll(r.Body)
+		select {
+		case <-r.Context().Done():
+			canceled <- struct{}{}
+		case <-time.After(5 * time.Second):
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"kind":"ConfigMap"}`)
+	})
+	vol := newSAVolume(t, "tok", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca(), withPolicy(policy.Full, ""))
+	conn, err := net.Dial("tcp", h.srv.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = io.WriteString(conn, "POST /api/v1/namespaces/a/configmaps HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}")
+	require.NoError(t, err)
+	require.NoError(t, conn.(*net.TCPConn).CloseWrite())
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err)
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	assert.Equal(t, http.StatusBadGateway, res.StatusCode, "%s", b)
+	assert.Contains(t, string(b), "closed its connection before the API server answered")
+	assert.True(t, res.Close, "Connection: close")
+	select {
+	case <-canceled:
+	case <-time.After(5 * time.Second):
+		t.Error("the request was not canceled at the API server")
+	}
+}
+
+// TestPlainClientHasNoTimeouts: plainTransport implements none of
+// fasthttp's per-connection timeouts or the maximum connection age; setting
+// one in plainClient would be silently ignored.
+func TestPlainClientHasNoTimeouts(t *testing.T) {
+	hc := newPlainClient(&url.URL{Scheme: "https", Host: "127.0.0.1:6443"}, nil)
+	assert.Zero(t, hc.ReadTimeout)
+	assert.Zero(t, hc.WriteTimeout)
+	assert.Zero(t, hc.MaxConnDuration)
+	assert.IsType(t, plainTransport{}, hc.Transport)
 }
 
 // TestHangupWatchStopRace: answers that arrive just as the hang-up watch
