@@ -299,6 +299,40 @@ func TestUpgrade(t *testing.T) {
 	assert.Equal(t, "echo hello\n auth=Bearer tok", string(rest))
 }
 
+// TestUpgradeHangupCancels: an app that hangs up while its upgrade (exec)
+// waits for the API server's answer cancels it there, and its connection
+// is forgotten at once instead of at shutdown. One that stays gets the 101
+// and its pipe as usual (TestUpgrade).
+func TestUpgradeHangupCancels(t *testing.T) {
+	arrived, canceled := make(chan struct{}, 1), make(chan struct{}, 1)
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-r.Context().Done():
+			canceled <- struct{}{}
+		case <-time.After(30 * time.Second):
+		}
+	})
+	vol := newSAVolume(t, "tok", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca(), withPolicy(policy.ReadOnly, "GET /api/v1/namespaces/a/pods/p/exec"))
+	conn, err := net.Dial("tcp", h.srv.Addr().String())
+	require.NoError(t, err)
+	fmt.Fprintf(conn, "GET /api/v1/namespaces/a/pods/p/exec?command=sh HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	<-arrived
+	require.Equal(t, 1, h.srv.proxy.conns.open())
+	conn.Close()
+	select {
+	case <-canceled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upgrade was not canceled at the API server after the app hung up")
+	}
+	assert.Eventually(t, func() bool { return h.srv.proxy.conns.open() == 0 }, 5*time.Second, 10*time.Millisecond,
+		"the hung-up connection is forgotten")
+	assert.Eventually(t, func() bool {
+		return testutil.ToFloat64(h.srv.proxy.m.requests.WithLabelValues("499", "GET")) == 1
+	}, 5*time.Second, 10*time.Millisecond, "counted as 499")
+}
+
 func TestWatchStreams(t *testing.T) {
 	release := make(chan struct{})
 	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -67,7 +68,7 @@ func (p *proxy) hijack(ctx *fasthttp.RequestCtx, method string, out *url.URL, be
 	raw := ctx.Conn()
 	ctx.Hijack(func(c net.Conn) {
 		defer p.conns.remove(raw)
-		p.count(p.stream(c, req, upType, http11), method)
+		p.count(p.stream(c, raw, req, upType, http11), method)
 	})
 }
 
@@ -76,7 +77,9 @@ func (p *proxy) hijack(ctx *fasthttp.RequestCtx, method string, out *url.URL, be
 // when the client hangs up (or shutdown cuts the connection), the response
 // comes back flushed per upstream read, and a 101 becomes a two-way pipe. It
 // returns the status code for the metrics. The connection is not reused.
-func (p *proxy) stream(c net.Conn, req *http.Request, upType string, http11 bool) int {
+// raw is the connection under c (fasthttp wraps a hijacked one), for the
+// upgrade's hang-up watch.
+func (p *proxy) stream(c, raw net.Conn, req *http.Request, upType string, http11 bool) int {
 	defer c.Close()
 	t, err := p.creds.transport()
 	if err != nil {
@@ -84,11 +87,16 @@ func (p *proxy) stream(c net.Conn, req *http.Request, upType string, http11 bool
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if upType == "" {
+	stopWatch := func() {}
+	if upType != "" {
+		// An upgrade's connection carries the client's side of the new
+		// protocol, which the client sends only after the 101: until
+		// the API server answers, the socket is watched, not read, and
+		// a hang-up cancels the request (the pipe notices one later).
+		stopWatch = watchUpgrade(raw, cancel)
+	} else {
 		// The client sends nothing more on this connection; a read
-		// ending means it went away. An upgrade's connection carries
-		// the client's side of the new protocol, so it is not read
-		// here (the pipe notices a hang-up).
+		// ending means it went away.
 		gone := make(chan struct{})
 		go func() {
 			defer close(gone)
@@ -103,6 +111,7 @@ func (p *proxy) stream(c net.Conn, req *http.Request, upType string, http11 bool
 
 	start := time.Now()
 	res, err := t.RoundTrip(req.WithContext(rctx))
+	stopWatch()
 	p.m.upstream.Observe(time.Since(start).Seconds())
 	if err != nil {
 		return p.streamError(c, req, err)
@@ -290,4 +299,34 @@ func headerHasToken(h http.Header, name, token string) bool {
 		}
 	}
 	return false
+}
+
+// watchUpgrade calls cancel if the client behind conn hangs up, and returns
+// the function that ends the watch (waiting for it, and leaving conn
+// without a read deadline for the pipe). Without a socket to peek at, it
+// watches nothing.
+func watchUpgrade(conn net.Conn, cancel context.CancelFunc) (stop func()) {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return func() {}
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return func() {}
+	}
+	// The request's read deadline (fasthttp's, set before the hijack)
+	// would end the watch early; stop's deadline comes after this one.
+	_ = conn.SetReadDeadline(time.Time{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if waitHangup(raw) {
+			cancel()
+		}
+	}()
+	return func() {
+		_ = conn.SetReadDeadline(time.Unix(1, 0))
+		<-done
+		_ = conn.SetReadDeadline(time.Time{})
+	}
 }
