@@ -4,6 +4,7 @@ package ambassador
 
 import (
 	"errors"
+	"net"
 	"os"
 	"syscall"
 )
@@ -29,12 +30,13 @@ func peerClosed(raw syscall.RawConn) bool {
 }
 
 // waitHangup blocks until the app's connection is readable, without
-// reading it, and reports whether the app hung up (end of stream or reset).
+// reading it, and reports whether the app hung up (end of stream or reset)
+// or the connection was closed under the wait (the shutdown's last step).
 // Anything readable (a pipelined request) ends the wait with false, and so
 // does a read deadline.
 func waitHangup(raw syscall.RawConn) bool {
 	var gone bool
-	_ = raw.Read(func(fd uintptr) bool {
+	err := raw.Read(func(fd uintptr) bool {
 		var b [1]byte
 		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		if err == syscall.EAGAIN || err == syscall.EINTR {
@@ -43,5 +45,5 @@ func waitHangup(raw syscall.RawConn) bool {
 		gone = err != nil || n == 0
 		return true
 	})
-	return gone
+	return gone || errors.Is(err, net.ErrClosed)
 }

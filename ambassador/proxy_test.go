@@ -301,18 +301,20 @@ func TestUpgrade(t *testing.T) {
 
 // TestUpgradeHangupCancels: an app that hangs up while its upgrade (exec)
 // waits for the API server's answer cancels it there, and its connection
-// is forgotten at once instead of at shutdown. One that stays gets the 101
+// is forgotten at once instead of at shutdown; the answer the API server
+// may still send is not counted as served. One that stays gets the 101
 // and its pipe as usual (TestUpgrade).
 func TestUpgradeHangupCancels(t *testing.T) {
-	arrived, canceled := make(chan struct{}, 1), make(chan struct{}, 1)
+	arrived, canceled, end := make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{})
 	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
 		arrived <- struct{}{}
 		select {
 		case <-r.Context().Done():
 			canceled <- struct{}{}
-		case <-time.After(30 * time.Second):
+		case <-end:
 		}
 	})
+	t.Cleanup(func() { close(end) }) // before the stand-in's Close waits for it
 	vol := newSAVolume(t, "tok", api.caPEM())
 	h := startAmbassador(t, api.URL, vol.token(), vol.ca(), withPolicy(policy.ReadOnly, "GET /api/v1/namespaces/a/pods/p/exec"))
 	conn, err := net.Dial("tcp", h.srv.Addr().String())
@@ -331,6 +333,49 @@ func TestUpgradeHangupCancels(t *testing.T) {
 	assert.Eventually(t, func() bool {
 		return testutil.ToFloat64(h.srv.proxy.m.requests.WithLabelValues("499", "GET")) == 1
 	}, 5*time.Second, 10*time.Millisecond, "counted as 499")
+}
+
+// TestShutdownCancelsPendingUpgrade: an upgrade still waiting for its 101
+// when the drain period ends is canceled at the API server, not left
+// running past Run.
+func TestShutdownCancelsPendingUpgrade(t *testing.T) {
+	arrived, canceled, end := make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{})
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-r.Context().Done():
+			canceled <- struct{}{}
+		case <-end:
+		}
+	})
+	t.Cleanup(func() { close(end) })
+	vol := newSAVolume(t, "tok", api.caPEM())
+	rules, err := policy.ParseRules("GET /api/v1/namespaces/a/pods/p/exec")
+	require.NoError(t, err)
+	srv, err := New(Config{Listen: "127.0.0.1:0", HealthListen: "127.0.0.1:0", Upstream: api.URL,
+		TokenFile: vol.token(), CAFile: vol.ca(), Policy: policy.Policy{Mode: policy.ReadOnly, Rules: rules},
+		ShutdownTimeout: 200 * time.Millisecond}, nil, nil, nil)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	conn, err := net.Dial("tcp", srv.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /api/v1/namespaces/a/pods/p/exec?command=sh HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	<-arrived
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	select {
+	case <-canceled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the pending upgrade was not canceled at the API server by the shutdown")
+	}
 }
 
 func TestWatchStreams(t *testing.T) {

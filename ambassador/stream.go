@@ -112,6 +112,13 @@ func (p *proxy) stream(c, raw net.Conn, req *http.Request, upType string, http11
 	start := time.Now()
 	res, err := t.RoundTrip(req.WithContext(rctx))
 	stopWatch()
+	if err == nil && rctx.Err() != nil {
+		// The answer raced the client's hang-up (the API server saw the
+		// cancel and answered anyway): nobody is there to take it, and
+		// a 101 would start a pipe to a closed connection.
+		res.Body.Close()
+		err = rctx.Err()
+	}
 	p.m.upstream.Observe(time.Since(start).Seconds())
 	if err != nil {
 		return p.streamError(c, req, err)
@@ -314,8 +321,9 @@ func watchUpgrade(conn net.Conn, cancel context.CancelFunc) (stop func()) {
 	if err != nil {
 		return func() {}
 	}
-	// The request's read deadline (fasthttp's, set before the hijack)
-	// would end the watch early; stop's deadline comes after this one.
+	// fasthttp clears the connection's deadlines before the hijack; this
+	// makes sure, before the goroutine starts, so that stop's deadline
+	// always comes after it.
 	_ = conn.SetReadDeadline(time.Time{})
 	done := make(chan struct{})
 	go func() {
