@@ -16,7 +16,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podmeta_ambassador_requests_total",
-			Help: "Requests served by the proxy, by response code and method (499: client went away first).",
+			Help: "Requests served by the proxy, by response code and method (499: the client hung up before the answer; nothing is written, or a 502 to a client that only half-closed).",
 		}, []string{"code", "method"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podmeta_ambassador_refused_total",

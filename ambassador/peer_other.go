@@ -9,6 +9,6 @@ import "syscall"
 // retried by fasthttp, other methods answered with 502).
 func peerClosed(syscall.RawConn) bool { return false }
 
-// waitHangup cannot peek here: a plain request runs to its end upstream
-// even if its app hung up.
+// waitHangup cannot peek here: a plain request, or an upgrade awaiting its
+// 101, runs to its end upstream even if its app hung up.
 func waitHangup(syscall.RawConn) bool { return false }

@@ -27,7 +27,8 @@ import (
 type plainTransport struct{}
 
 // errHungUp: the app closed its connection before the API server answered;
-// classify makes it a 499 (counted, nothing written).
+// forward counts it as 499 and writes a 502 with Connection: close (which
+// only a client that merely half-closed reads).
 var errHungUp = fmt.Errorf("the app closed its connection before the API server answered: %w", context.Canceled)
 
 // callKey is the request user value under which forward leaves its *call.
