@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/podmeta/podmeta/policy"
@@ -236,4 +238,75 @@ func decodeStatus(t testing.TB, code int, body string) status {
 	require.Equal(t, "Failure", s.Status)
 	require.Equal(t, code, s.Code)
 	return s
+}
+
+// blockingAPI is an API server stand-in whose handler, for requests that
+// match, reports the request's arrival and then blocks until the request
+// is canceled (reported too) or the test ends; other requests go to
+// other (nil: a small PodList).
+type blockingAPI struct {
+	*apiServer
+	arrived, canceled chan struct{}
+}
+
+func newBlockingAPI(t testing.TB, match func(*http.Request) bool, other http.HandlerFunc) *blockingAPI {
+	t.Helper()
+	b := &blockingAPI{arrived: make(chan struct{}, 1), canceled: make(chan struct{}, 1)}
+	end := make(chan struct{})
+	if other == nil {
+		other = func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"kind":"PodList"}`)
+		}
+	}
+	b.apiServer = newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if match != nil && !match(r) {
+			other(w, r)
+			return
+		}
+		b.arrived <- struct{}{}
+		select {
+		case <-r.Context().Done():
+			b.canceled <- struct{}{}
+		case <-end:
+		}
+	})
+	t.Cleanup(func() { close(end) }) // before the stand-in's Close waits for its handlers
+	return b
+}
+
+// waitCanceled fails the test unless the stand-in saw its request canceled.
+func (b *blockingAPI) waitCanceled(t testing.TB, what string) {
+	t.Helper()
+	select {
+	case <-b.canceled:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s was not canceled at the API server", what)
+	}
+}
+
+// hangUp sends GET path through h, hangs up wait after the stand-in has
+// the request, and checks that the API server's request was canceled and
+// the proxy counted a 499.
+func hangUp(t *testing.T, h *harness, api *blockingAPI, path string, wait time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.url+path, nil)
+	require.NoError(t, err)
+	errc := make(chan error, 1)
+	go func() {
+		res, err := h.client.Do(req)
+		if err == nil {
+			res.Body.Close()
+		}
+		errc <- err
+	}()
+	<-api.arrived
+	time.Sleep(wait)
+	cancel()
+	api.waitCanceled(t, "GET "+path+" after the app hung up")
+	require.Error(t, <-errc)
+	assert.Eventually(t, func() bool {
+		return testutil.ToFloat64(h.srv.proxy.m.requests.WithLabelValues("499", "GET")) == 1
+	}, 5*time.Second, 10*time.Millisecond, "counted as 499")
 }

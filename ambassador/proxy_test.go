@@ -305,29 +305,14 @@ func TestUpgrade(t *testing.T) {
 // may still send is not counted as served. One that stays gets the 101
 // and its pipe as usual (TestUpgrade).
 func TestUpgradeHangupCancels(t *testing.T) {
-	arrived, canceled, end := make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{})
-	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
-		arrived <- struct{}{}
-		select {
-		case <-r.Context().Done():
-			canceled <- struct{}{}
-		case <-end:
-		}
-	})
-	t.Cleanup(func() { close(end) }) // before the stand-in's Close waits for it
+	api := newBlockingAPI(t, nil, nil)
 	vol := newSAVolume(t, "tok", api.caPEM())
 	h := startAmbassador(t, api.URL, vol.token(), vol.ca(), withPolicy(policy.ReadOnly, "GET /api/v1/namespaces/a/pods/p/exec"))
-	conn, err := net.Dial("tcp", h.srv.Addr().String())
-	require.NoError(t, err)
-	fmt.Fprintf(conn, "GET /api/v1/namespaces/a/pods/p/exec?command=sh HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-	<-arrived
+	conn := sendUpgrade(t, h.srv.Addr().String())
+	<-api.arrived
 	require.Equal(t, 1, h.srv.proxy.conns.open())
 	conn.Close()
-	select {
-	case <-canceled:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the upgrade was not canceled at the API server after the app hung up")
-	}
+	api.waitCanceled(t, "the upgrade, after the app hung up,")
 	assert.Eventually(t, func() bool { return h.srv.proxy.conns.open() == 0 }, 5*time.Second, 10*time.Millisecond,
 		"the hung-up connection is forgotten")
 	assert.Eventually(t, func() bool {
@@ -335,20 +320,23 @@ func TestUpgradeHangupCancels(t *testing.T) {
 	}, 5*time.Second, 10*time.Millisecond, "counted as 499")
 }
 
+// sendUpgrade opens a connection to the ambassador at addr and sends an
+// exec upgrade request on it.
+func sendUpgrade(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	_, err = io.WriteString(conn, "GET /api/v1/namespaces/a/pods/p/exec?command=sh HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	require.NoError(t, err)
+	return conn
+}
+
 // TestShutdownCancelsPendingUpgrade: an upgrade still waiting for its 101
 // when the drain period ends is canceled at the API server, not left
 // running past Run.
 func TestShutdownCancelsPendingUpgrade(t *testing.T) {
-	arrived, canceled, end := make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{})
-	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
-		arrived <- struct{}{}
-		select {
-		case <-r.Context().Done():
-			canceled <- struct{}{}
-		case <-end:
-		}
-	})
-	t.Cleanup(func() { close(end) })
+	api := newBlockingAPI(t, nil, nil)
 	vol := newSAVolume(t, "tok", api.caPEM())
 	rules, err := policy.ParseRules("GET /api/v1/namespaces/a/pods/p/exec")
 	require.NoError(t, err)
@@ -359,11 +347,8 @@ func TestShutdownCancelsPendingUpgrade(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
-	conn, err := net.Dial("tcp", srv.Addr().String())
-	require.NoError(t, err)
-	defer conn.Close()
-	fmt.Fprintf(conn, "GET /api/v1/namespaces/a/pods/p/exec?command=sh HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-	<-arrived
+	sendUpgrade(t, srv.Addr().String())
+	<-api.arrived
 	cancel()
 	select {
 	case err := <-done:
@@ -371,11 +356,7 @@ func TestShutdownCancelsPendingUpgrade(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return")
 	}
-	select {
-	case <-canceled:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the pending upgrade was not canceled at the API server by the shutdown")
-	}
+	api.waitCanceled(t, "the upgrade pending at shutdown")
 }
 
 func TestWatchStreams(t *testing.T) {
@@ -421,40 +402,10 @@ func TestWatchStreams(t *testing.T) {
 }
 
 func TestClientDisconnectCancelsUpstream(t *testing.T) {
-	arrived, canceled := make(chan struct{}), make(chan struct{})
-	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
-		close(arrived)
-		select {
-		case <-r.Context().Done():
-			close(canceled)
-		case <-time.After(30 * time.Second):
-		}
-	})
+	api := newBlockingAPI(t, nil, nil)
 	vol := newSAVolume(t, "tok", api.caPEM())
 	h := startAmbassador(t, api.URL, vol.token(), vol.ca())
-
-	ctx, cancel := context.WithCancel(context.Background())
-	req, err := http.NewRequestWithContext(ctx, "GET", h.url+"/api/v1/pods?watch=true", nil)
-	require.NoError(t, err)
-	errc := make(chan error, 1)
-	go func() {
-		res, err := h.client.Do(req)
-		if err == nil {
-			res.Body.Close()
-		}
-		errc <- err
-	}()
-	<-arrived
-	cancel()
-	select {
-	case <-canceled:
-	case <-time.After(5 * time.Second):
-		t.Fatal("upstream request not canceled after the client went away")
-	}
-	require.Error(t, <-errc)
-	require.Eventually(t, func() bool {
-		return testutil.ToFloat64(h.srv.proxy.m.requests.WithLabelValues("499", "GET")) == 1
-	}, 5*time.Second, 10*time.Millisecond)
+	hangUp(t, h, api, "/api/v1/pods?watch=true", 0)
 }
 
 func TestMetricsAndHealth(t *testing.T) {

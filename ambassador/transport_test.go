@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -28,50 +27,12 @@ import (
 // context at the API server (kube-apiserver stops its work then). The pool
 // serves the next request as usual.
 func TestPlainHangupCancelsUpstream(t *testing.T) {
-	for _, early := range []bool{true, false} {
-		t.Run(fmt.Sprintf("hang-up before the watch starts %t", early), func(t *testing.T) {
-			arrived, canceled := make(chan struct{}, 1), make(chan struct{}, 1)
-			api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
-				if r.URL.Path == "/api/v1/namespaces/a/pods" {
-					arrived <- struct{}{}
-					select {
-					case <-r.Context().Done():
-						canceled <- struct{}{}
-					case <-time.After(30 * time.Second):
-					}
-					return
-				}
-				w.Header().Set("Content-Type", "application/json")
-				_, _ = io.WriteString(w, `{"kind":"PodList"}`)
-			})
+	for _, wait := range []time.Duration{0, 3 * hangupWatchAfter} {
+		t.Run(fmt.Sprintf("hang-up %v after the request", wait), func(t *testing.T) {
+			api := newBlockingAPI(t, func(r *http.Request) bool { return r.URL.Path == "/api/v1/namespaces/a/pods" }, nil)
 			vol := newSAVolume(t, "tok", api.caPEM())
 			h := startAmbassador(t, api.URL, vol.token(), vol.ca())
-
-			ctx, cancel := context.WithCancel(context.Background())
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.url+"/api/v1/namespaces/a/pods", nil)
-			require.NoError(t, err)
-			errc := make(chan error, 1)
-			go func() {
-				res, err := h.client.Do(req)
-				if err == nil {
-					res.Body.Close()
-				}
-				errc <- err
-			}()
-			<-arrived
-			if !early {
-				time.Sleep(3 * hangupWatchAfter) // the watch is running
-			}
-			cancel()
-			select {
-			case <-canceled:
-			case <-time.After(5 * time.Second):
-				t.Fatal("the API server's request was not canceled after the app hung up")
-			}
-			require.Error(t, <-errc)
-			assert.Eventually(t, func() bool {
-				return testutil.ToFloat64(h.srv.proxy.m.requests.WithLabelValues("499", "GET")) == 1
-			}, 5*time.Second, 10*time.Millisecond, "counted as 499")
+			hangUp(t, h, api, "/api/v1/namespaces/a/pods", wait)
 
 			code, body := h.do(t, http.MethodGet, "/api/v1/namespaces/b/pods", nil)
 			assert.Equal(t, http.StatusOK, code)
