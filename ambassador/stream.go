@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -93,7 +92,10 @@ func (p *proxy) stream(c, raw net.Conn, req *http.Request, upType string, http11
 		// protocol, which the client sends only after the 101: until
 		// the API server answers, the socket is watched, not read, and
 		// a hang-up cancels the request (the pipe notices one later).
-		stopWatch = watchUpgrade(raw, cancel)
+		if w := newHangupWatch(raw); w != nil {
+			go w.run(cancel)
+			stopWatch = w.stop
+		}
 	} else {
 		// The client sends nothing more on this connection; a read
 		// ending means it went away.
@@ -306,35 +308,4 @@ func headerHasToken(h http.Header, name, token string) bool {
 		}
 	}
 	return false
-}
-
-// watchUpgrade calls cancel if the client behind conn hangs up, and returns
-// the function that ends the watch (waiting for it, and leaving conn
-// without a read deadline for the pipe). Without a socket to peek at, it
-// watches nothing.
-func watchUpgrade(conn net.Conn, cancel context.CancelFunc) (stop func()) {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return func() {}
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return func() {}
-	}
-	// fasthttp clears the connection's deadlines before the hijack; this
-	// makes sure, before the goroutine starts, so that stop's deadline
-	// always comes after it.
-	_ = conn.SetReadDeadline(time.Time{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if waitHangup(raw) {
-			cancel()
-		}
-	}()
-	return func() {
-		_ = conn.SetReadDeadline(time.Unix(1, 0))
-		<-done
-		_ = conn.SetReadDeadline(time.Time{})
-	}
 }

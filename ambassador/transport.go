@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -103,16 +102,12 @@ func (plainTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, 
 type call struct {
 	release func(discard bool) // set by RoundTrip when a body streams
 
-	client syscall.RawConn
-	conn   net.Conn // the app's connection, for its read deadline
-	timer  *time.Timer
+	watch *hangupWatch // nil: the app's connection cannot be watched
+	timer *time.Timer  // starts the watch
 
 	mu       sync.Mutex
 	upstream net.Conn // the connection the head is awaited on
-	watching bool     // the watch has started
-	stopped  bool     // stop has run
 	gone     bool     // the app hung up
-	done     chan struct{}
 }
 
 // hangupWatchAfter is how long a request waits for the API server's answer
@@ -121,69 +116,32 @@ type call struct {
 const hangupWatchAfter = 50 * time.Millisecond
 
 // newCall returns the call of a request from the app connection conn; the
-// hang-up watch starts after hangupWatchAfter unless stop comes first. A
-// connection that is not a *net.TCPConn (tests) is not watched.
+// hang-up watch starts after hangupWatchAfter unless stop comes first.
 func newCall(conn net.Conn) *call {
-	c := &call{}
-	tc, ok := conn.(*net.TCPConn)
-	if !ok {
-		return c
+	c := &call{watch: newHangupWatch(conn)}
+	if c.watch != nil {
+		c.timer = time.AfterFunc(hangupWatchAfter, func() { c.watch.run(c.hungUp) })
 	}
-	raw, err := tc.SyscallConn()
-	if err != nil {
-		return c
-	}
-	c.client, c.conn = raw, conn
-	c.timer = time.AfterFunc(hangupWatchAfter, c.watch)
 	return c
 }
 
-// watch waits, without reading, until the app's connection is readable:
-// a hang-up (end of stream or reset) closes the upstream connection the
-// head is awaited on. Anything else readable (a pipelined request) ends
-// the watch; so does stop, through a read deadline in the past.
-func (c *call) watch() {
-	c.mu.Lock()
-	if c.stopped {
-		c.mu.Unlock()
-		return
-	}
-	// fasthttp's read deadline of the request being served would end
-	// the watch early; it sets its own again before the next read.
-	// Under the lock: stop's deadline in the past must come after this.
-	_ = c.conn.SetReadDeadline(time.Time{})
-	c.watching = true
-	c.done = make(chan struct{})
-	c.mu.Unlock()
-	defer close(c.done)
-	if !waitHangup(c.client) {
-		return
-	}
+// hungUp closes the upstream connection the head is awaited on: the head
+// read fails at once, and the API server sees the close.
+func (c *call) hungUp() {
 	c.mu.Lock()
 	c.gone = true
 	up := c.upstream
 	c.mu.Unlock()
 	if up != nil {
-		up.Close() // the head read fails at once; the API server sees the close
+		up.Close()
 	}
 }
 
 // stop ends the watch (waiting for it) once the API server has answered or
 // the round trip has failed.
 func (c *call) stop() {
-	if c.timer == nil || c.timer.Stop() {
-		return
-	}
-	c.mu.Lock()
-	c.stopped = true
-	watching := c.watching
-	if watching {
-		_ = c.conn.SetReadDeadline(time.Unix(1, 0)) // wakes the watch
-	}
-	c.mu.Unlock()
-	if watching {
-		<-c.done
-		_ = c.conn.SetReadDeadline(time.Time{})
+	if c.timer != nil && !c.timer.Stop() {
+		c.watch.stop()
 	}
 }
 
