@@ -1,12 +1,10 @@
 package ambassador
 
 import (
-	"bufio"
 	"crypto/tls"
 	"encoding/pem"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -184,31 +182,19 @@ func TestUnreadableRequests(t *testing.T) {
 	vol := newSAVolume(t, "tok", api.caPEM())
 	h := startAmbassador(t, api.URL, vol.token(), vol.ca())
 
-	send := func(raw string) (*http.Response, string) {
-		conn, err := net.Dial("tcp", h.srv.Addr().String())
-		require.NoError(t, err)
-		defer conn.Close()
-		_, err = io.WriteString(conn, raw)
-		require.NoError(t, err)
-		res, err := http.ReadResponse(bufio.NewReader(conn), nil)
-		require.NoError(t, err)
-		b, _ := io.ReadAll(res.Body)
-		res.Body.Close()
-		return res, string(b)
-	}
-	res, body := send("GET /api HTTP/1.1\r\nHost: localhost\r\nX-Big: " + strings.Repeat("a", 20<<10) + "\r\n\r\n")
+	res, body := h.raw(t, "GET /api HTTP/1.1\r\nHost: localhost\r\nX-Big: "+strings.Repeat("a", 20<<10)+"\r\n\r\n")
 	assert.Equal(t, http.StatusRequestHeaderFieldsTooLarge, res.StatusCode)
 	decodeStatus(t, res.StatusCode, body)
 
-	res, body = send(fmt.Sprintf("POST /api HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n", maxRequestBody+1))
+	res, body = h.raw(t, fmt.Sprintf("POST /api HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n", maxRequestBody+1))
 	assert.Equal(t, http.StatusRequestEntityTooLarge, res.StatusCode)
 	assert.Contains(t, decodeStatus(t, res.StatusCode, body).Message, "request body larger than")
 
-	res, body = send("GET /api HTTP/1.1\r\n\r\n")
+	res, body = h.raw(t, "GET /api HTTP/1.1\r\n\r\n")
 	assert.Equal(t, http.StatusForbidden, res.StatusCode, "no Host is a Host refusal")
 	assert.Contains(t, decodeStatus(t, res.StatusCode, body).Message, `refused by rule "host"`)
 
-	res, body = send("GET /api%zz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+	res, body = h.raw(t, "GET /api%zz HTTP/1.1\r\nHost: localhost\r\n\r\n")
 	assert.Equal(t, http.StatusBadRequest, res.StatusCode)
 	decodeStatus(t, res.StatusCode, body)
 	assert.Empty(t, api.requests())

@@ -1,6 +1,7 @@
 package ambassador
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -226,6 +227,22 @@ func (h *harness) do(t testing.TB, method, path string, hdr http.Header) (int, s
 	body, err := io.ReadAll(res.Body)
 	require.NoError(t, err)
 	return res.StatusCode, string(body)
+}
+
+// raw sends req, written out in full, on a connection of its own and
+// returns the response and its body.
+func (h *harness) raw(t testing.TB, req string) (*http.Response, string) {
+	t.Helper()
+	conn, err := net.Dial("tcp", h.srv.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = io.WriteString(conn, req)
+	require.NoError(t, err)
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err)
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	return res, string(b)
 }
 
 // decodeStatus parses a Status body and checks its fixed fields.

@@ -58,6 +58,10 @@ func (p *proxy) count(code int, method string) {
 // the metrics, or 0 when stream took the connection over.
 func (p *proxy) serve(ctx *fasthttp.RequestCtx) int {
 	method := string(ctx.Method())
+	// The body has been read whole, chunked trailer fields too: from here
+	// on they are headers like the others, for the checks below and
+	// upstream (fasthttp would merge them on the plain path anyway).
+	ctx.Request.Header.Del(fasthttp.HeaderTrailer)
 	// The raw request URI is parsed the way net/http parses it, so the
 	// policy sees the same decoded path as before the switch to fasthttp,
 	// "." and ".." segments and double slashes included. (fasthttp's own
@@ -75,7 +79,7 @@ func (p *proxy) serve(ctx *fasthttp.RequestCtx) int {
 		return p.refuse(ctx, method, u.Path, host, "host", fmt.Sprintf("Host %q refused: only localhost, 127.0.0.1 and [::1] are served (DNS-rebinding protection)", host))
 	}
 	upgrade, upType := upgradeType(&ctx.Request.Header)
-	d := p.policy.Decide(policy.Request{Method: method, Path: u.Path, Upgrade: upgrade})
+	d := p.policy.Decide(policy.Request{Method: method, Path: u.Path, Upgrade: upgrade, Impersonate: impersonates(&ctx.Request.Header)})
 	if !d.Allowed {
 		return p.refuse(ctx, method, u.Path, host, d.Rule, d.Reason)
 	}
@@ -444,6 +448,19 @@ func allowedHost(hostport string) bool {
 		host = host[1 : len(host)-1]
 	}
 	return strings.EqualFold(host, "localhost") || host == "127.0.0.1" || host == "::1"
+}
+
+var impersonatePrefix = []byte("impersonate-")
+
+// impersonates reports an Impersonate-User, -Group, -Uid or -Extra-* header
+// (any Impersonate-* name, so that a future one is caught too).
+func impersonates(h *fasthttp.RequestHeader) bool {
+	for k := range h.All() {
+		if len(k) > len(impersonatePrefix) && bytes.EqualFold(k[:len(impersonatePrefix)], impersonatePrefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // upgradeType reports a request asking to switch protocols (SPDY or

@@ -246,6 +246,67 @@ func TestPolicyModes(t *testing.T) {
 	assert.Equal(t, 2.0, testutil.ToFloat64(servers["read-only"].srv.proxy.m.refused.WithLabelValues("read-only")))
 }
 
+// TestImpersonation: Impersonate-* headers make the API server act as
+// another user with the service account's impersonate permission. Policy
+// full forwards them (kubectl proxy does); read-only and allow-list refuse
+// them whatever the rules allow, on plain requests, streams and upgrades,
+// however the name is spelled, and in a chunked body's trailer too.
+func TestImpersonation(t *testing.T) {
+	api := newAPIServer(t, nil)
+	vol := newSAVolume(t, "tok", api.caPEM())
+	// Every request below is allowed in every mode without its
+	// Impersonate-* headers.
+	const rules = "GET /api/v1/namespaces/*/pods/**; GET /api/v1/namespaces/a/pods/p/exec"
+	servers := map[policy.Mode]*harness{}
+	for _, m := range policy.Modes {
+		servers[m] = startAmbassador(t, api.URL, vol.token(), vol.ca(), withPolicy(m, rules))
+	}
+	const (
+		list  = "/api/v1/namespaces/a/pods"
+		watch = "/api/v1/namespaces/a/pods?watch=1"
+		exec  = "/api/v1/namespaces/a/pods/p/exec?command=sh"
+	)
+	chunked := "Transfer-Encoding: chunked\r\n\r\n0\r\n" // the trailer section follows
+	for _, tc := range []struct {
+		name, path string
+		rest       string   // header lines, the blank line and any body
+		sent       []string // Impersonate-* headers the API server sees under full
+	}{
+		{"none", list, "X-Other: 1\r\n\r\n", nil},
+		{"user", list, "Impersonate-User: system:admin\r\n\r\n", []string{"Impersonate-User"}},
+		{"all four on a watch", watch, "Impersonate-User: u\r\nImpersonate-Group: system:masters\r\nImpersonate-Uid: 1\r\nImpersonate-Extra-Scopes: x\r\n\r\n",
+			[]string{"Impersonate-User", "Impersonate-Group", "Impersonate-Uid", "Impersonate-Extra-Scopes"}},
+		{"lower case", list, "impersonate-uid: 1\r\n\r\n", []string{"Impersonate-Uid"}},
+		{"upper case", list, "IMPERSONATE-EXTRA-SCOPES: x\r\n\r\n", []string{"Impersonate-Extra-Scopes"}},
+		{"exec upgrade", exec, "Connection: Upgrade\r\nUpgrade: websocket\r\nImpersonate-User: u\r\n\r\n", []string{"Impersonate-User"}},
+		{"chunked trailer", list, chunked + "Impersonate-User: u\r\n\r\n", []string{"Impersonate-User"}},
+		{"chunked trailer on a watch", watch, chunked + "Impersonate-Group: g\r\n\r\n", []string{"Impersonate-Group"}},
+	} {
+		for _, m := range policy.Modes {
+			t.Run(tc.name+" "+string(m), func(t *testing.T) {
+				n := len(api.requests())
+				res, body := servers[m].raw(t, "GET "+tc.path+" HTTP/1.1\r\nHost: localhost\r\n"+tc.rest)
+				if m == policy.Full || tc.sent == nil {
+					require.Equal(t, http.StatusOK, res.StatusCode, body)
+					got := api.last(t)
+					for _, name := range tc.sent {
+						assert.NotEmpty(t, got.Header.Values(name), "%s forwarded", name)
+					}
+					return
+				}
+				require.Equal(t, http.StatusForbidden, res.StatusCode, body)
+				s := decodeStatus(t, res.StatusCode, body)
+				assert.Contains(t, s.Message, `podmeta-ambassador: refused by rule "impersonation"`)
+				require.NotNil(t, s.Details)
+				assert.Equal(t, policy.RuleImpersonation, s.Details.Causes[0].Message)
+				assert.Len(t, api.requests(), n, "refused request never reaches the API server")
+			})
+		}
+	}
+	assert.Equal(t, 7.0, testutil.ToFloat64(servers[policy.ReadOnly].srv.proxy.m.refused.WithLabelValues("impersonation")))
+	assert.Equal(t, 7.0, testutil.ToFloat64(servers[policy.AllowList].srv.proxy.m.refused.WithLabelValues("impersonation")))
+}
+
 func TestUpgrade(t *testing.T) {
 	// The stand-in answers an upgrade by echoing lines over the raw
 	// connection, like an exec stream.

@@ -19,9 +19,9 @@ func FuzzParseRules(f *testing.F) {
 		";;\n\t",
 		"GET /a/b*",
 	} {
-		f.Add(s, "GET", "/api/v1/namespaces/a/pods/p/exec", false)
+		f.Add(s, "GET", "/api/v1/namespaces/a/pods/p/exec", false, false)
 	}
-	f.Fuzz(func(t *testing.T, rules, method, path string, upgrade bool) {
+	f.Fuzz(func(t *testing.T, rules, method, path string, upgrade, impersonate bool) {
 		rs, err := ParseRules(rules)
 		if err != nil {
 			if !strings.HasPrefix(err.Error(), "allow rule ") {
@@ -37,7 +37,7 @@ func FuzzParseRules(f *testing.F) {
 			t.Fatalf("round trip changed %q to %q", rs.String(), again.String())
 		}
 		for _, m := range Modes {
-			d := Policy{Mode: m, Rules: rs}.Decide(Request{Method: method, Path: path, Upgrade: upgrade})
+			d := Policy{Mode: m, Rules: rs}.Decide(Request{Method: method, Path: path, Upgrade: upgrade, Impersonate: impersonate})
 			if d.Rule == "" {
 				t.Fatalf("decision without a rule: %+v", d)
 			}

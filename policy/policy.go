@@ -243,11 +243,13 @@ func New(mode, allow string) (Policy, error) {
 
 // Request is what the policy looks at. Path is the decoded URL path the
 // ambassador forwards; Upgrade is true for requests asking for a protocol
-// upgrade (Connection: Upgrade).
+// upgrade (Connection: Upgrade); Impersonate is true for requests carrying
+// Impersonate-* headers.
 type Request struct {
-	Method  string
-	Path    string
-	Upgrade bool
+	Method      string
+	Path        string
+	Upgrade     bool
+	Impersonate bool
 }
 
 // Refusal names why a request was refused. The Rule values are few and fixed
@@ -257,6 +259,7 @@ const (
 	RuleAllowList     = "allow-list"
 	RuleUpgrade       = "upgrade"
 	RuleCanonicalPath = "canonical-path"
+	RuleImpersonation = "impersonation"
 )
 
 // Decision is the outcome for one request.
@@ -274,6 +277,12 @@ func (p Policy) Decide(req Request) Decision {
 	segs, ok := splitPath(req.Path)
 	if !ok {
 		return Decision{Rule: RuleCanonicalPath, Reason: fmt.Sprintf("path %q is not canonical (empty, \".\" or \"..\" segments); the ambassador only forwards paths it can match exactly", req.Path)}
+	}
+	// Impersonation makes the API server act as another user with the
+	// service account's impersonate permission: whatever the method and
+	// path, that is more than reading or than the rules grant.
+	if req.Impersonate && p.Mode != Full {
+		return Decision{Rule: RuleImpersonation, Reason: fmt.Sprintf("%s %s carries Impersonate-* headers, which only policy full forwards", req.Method, req.Path)}
 	}
 	upgrade := req.Upgrade || isStreamingSubresource(segs)
 	for _, r := range p.Rules {

@@ -169,6 +169,13 @@ func TestDecide(t *testing.T) {
 		{"portforward with star pod name", AllowList, rules, Request{Method: "GET", Path: "/api/v1/namespaces/team-a/pods/db/portforward", Upgrade: true}, want{true, "GET /api/v1/namespaces/team-a/pods/*/portforward"}},
 		{"portforward method must match", AllowList, rules, Request{Method: "POST", Path: "/api/v1/namespaces/team-a/pods/db/portforward", Upgrade: true}, want{false, RuleUpgrade}},
 
+		// impersonation: only full forwards it, whatever the rules allow
+		{"ro impersonating get refused", ReadOnly, "", Request{Method: "GET", Path: "/api/v1/namespaces/a/secrets", Impersonate: true}, want{false, RuleImpersonation}},
+		{"ro rule does not grant impersonation", ReadOnly, rules, Request{Method: "PUT", Path: "/api/v1/namespaces/team-a/configmaps/app-state", Impersonate: true}, want{false, RuleImpersonation}},
+		{"al rule does not grant impersonation", AllowList, "* /**", Request{Method: "GET", Path: "/api/v1/pods", Impersonate: true}, want{false, RuleImpersonation}},
+		{"full impersonation forwarded", Full, "", Request{Method: "DELETE", Path: "/api/v1/namespaces/a/pods/p", Impersonate: true}, want{true, "full"}},
+		{"full impersonating exec still needs its rule", Full, "", Request{Method: "POST", Path: "/api/v1/namespaces/a/pods/x/exec", Upgrade: true, Impersonate: true}, want{false, RuleUpgrade}},
+
 		// canonical paths
 		{"dot dot refused even in full", Full, "", Request{Method: "GET", Path: "/api/v1/namespaces/a/pods/../secrets"}, want{false, RuleCanonicalPath}},
 		{"dot refused", ReadOnly, "", Request{Method: "GET", Path: "/api/./v1"}, want{false, RuleCanonicalPath}},
