@@ -20,7 +20,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"code", "method"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podmeta_ambassador_refused_total",
-			Help: "Requests refused before reaching the API server, by rule (host, read-only, allow-list, upgrade, canonical-path, impersonation).",
+			Help: "Requests refused before reaching the API server, by rule (host, origin, read-only, allow-list, upgrade, canonical-path, impersonation).",
 		}, []string{"rule"}),
 		upstream: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "podmeta_ambassador_upstream_duration_seconds",

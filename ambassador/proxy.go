@@ -78,6 +78,9 @@ func (p *proxy) serve(ctx *fasthttp.RequestCtx) int {
 	if !allowedHost(host) {
 		return p.refuse(ctx, method, u.Path, host, "host", fmt.Sprintf("Host %q refused: only localhost, 127.0.0.1 and [::1] are served (DNS-rebinding protection)", host))
 	}
+	if reason := crossSite(&ctx.Request.Header); reason != "" {
+		return p.refuse(ctx, method, u.Path, host, "origin", reason)
+	}
 	upgrade, upType := upgradeType(&ctx.Request.Header)
 	d := p.policy.Decide(policy.Request{Method: method, Path: u.Path, Upgrade: upgrade, Impersonate: impersonates(&ctx.Request.Header)})
 	if !d.Allowed {
@@ -448,6 +451,33 @@ func allowedHost(hostport string) bool {
 		host = host[1 : len(host)-1]
 	}
 	return strings.EqualFold(host, "localhost") || host == "127.0.0.1" || host == "::1"
+}
+
+// crossSite explains why a request comes from a web page that is not served
+// from this loopback host, or returns "". A browser in the pod reaches
+// 127.0.0.1 without any DNS rebinding (the Host check does not help) and
+// can open a WebSocket or fire no-cors GETs; API clients send neither
+// Origin nor Sec-Fetch-Site.
+func crossSite(h *fasthttp.RequestHeader) string {
+	for _, v := range h.PeekAll("Origin") {
+		if !loopbackOrigin(string(v)) {
+			return fmt.Sprintf("Origin %q refused: only pages on http(s)://localhost, 127.0.0.1 or [::1] (any port) are served", v)
+		}
+	}
+	for _, v := range h.PeekAll("Sec-Fetch-Site") {
+		if strings.EqualFold(strings.TrimSpace(string(v)), "cross-site") {
+			return "Sec-Fetch-Site cross-site refused: a page of another site sent the request"
+		}
+	}
+	return ""
+}
+
+// loopbackOrigin reports an http or https origin on a loopback host; "null"
+// (a sandboxed page, a file, a redirect) is not one.
+func loopbackOrigin(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Opaque == "" && u.User == nil &&
+		u.Path == "" && u.RawQuery == "" && !u.ForceQuery && u.Fragment == "" && allowedHost(u.Host)
 }
 
 var impersonatePrefix = []byte("impersonate-")

@@ -191,6 +191,76 @@ func TestHostCheck(t *testing.T) {
 	}
 }
 
+// TestOriginCheck: a web page in the pod's browser reaches 127.0.0.1 with
+// a Host the Host check accepts; its Origin and Sec-Fetch-Site give it
+// away. Only pages on a loopback host pass, on plain requests, watches and
+// upgrades alike.
+func TestOriginCheck(t *testing.T) {
+	api := newAPIServer(t, nil)
+	vol := newSAVolume(t, "tok", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca(), withPolicy(policy.ReadOnly, "GET /api/v1/namespaces/a/pods/p/exec"))
+	const (
+		list  = "/api/v1/namespaces/a/pods"
+		watch = "/api/v1/namespaces/a/pods?watch=1"
+		exec  = "/api/v1/namespaces/a/pods/p/exec?command=sh"
+	)
+	ws := func(origin string) http.Header {
+		return http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}, "Sec-Websocket-Version": {"13"},
+			"Sec-Websocket-Key": {"dGhlIHNhbXBsZSBub25jZQ=="}, "Origin": {origin}}
+	}
+	refused := 0
+	for _, tc := range []struct {
+		name, path string
+		hdr        http.Header
+		ok         bool
+	}{
+		{"no origin", list, nil, true},
+		{"localhost", list, http.Header{"Origin": {"http://localhost"}}, true},
+		{"localhost with port", watch, http.Header{"Origin": {"http://localhost:3000"}}, true},
+		{"https 127.0.0.1", list, http.Header{"Origin": {"https://127.0.0.1:8443"}}, true},
+		{"ipv6 loopback", list, http.Header{"Origin": {"http://[::1]:8001"}}, true},
+		{"upper case", list, http.Header{"Origin": {"HTTP://LocalHost:1"}}, true},
+		{"same-origin fetch", list, http.Header{"Sec-Fetch-Site": {"same-origin"}}, true},
+		{"typed url", list, http.Header{"Sec-Fetch-Site": {"none"}}, true},
+		{"websocket from localhost", exec, ws("http://localhost:3000"), true},
+
+		{"other site", list, http.Header{"Origin": {"https://evil.example"}}, false},
+		{"other site on a watch", watch, http.Header{"Origin": {"https://evil.example"}}, false},
+		{"websocket from other site", exec, ws("https://evil.example"), false},
+		{"null", list, http.Header{"Origin": {"null"}}, false},
+		{"empty", list, http.Header{"Origin": {""}}, false},
+		{"localhost prefix", list, http.Header{"Origin": {"http://localhost.evil.example"}}, false},
+		{"loopback name", list, http.Header{"Origin": {"http://127.0.0.1.nip.io"}}, false},
+		{"other loopback address", list, http.Header{"Origin": {"http://127.0.0.2"}}, false},
+		{"user info", list, http.Header{"Origin": {"http://evil.example@localhost"}}, false},
+		{"path", list, http.Header{"Origin": {"http://localhost/x"}}, false},
+		{"websocket scheme", list, http.Header{"Origin": {"ws://localhost"}}, false},
+		{"file", list, http.Header{"Origin": {"file://"}}, false},
+		{"extension", list, http.Header{"Origin": {"chrome-extension://abcdef"}}, false},
+		{"second origin", list, http.Header{"Origin": {"http://localhost", "https://evil.example"}}, false},
+		{"no-cors get from another site", list, http.Header{"Sec-Fetch-Site": {"cross-site"}}, false},
+		{"cross-site despite a loopback origin", list, http.Header{"Origin": {"http://localhost"}, "Sec-Fetch-Site": {"Cross-Site"}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := len(api.requests())
+			code, body := h.do(t, "GET", tc.path, tc.hdr)
+			if tc.ok {
+				require.Equal(t, http.StatusOK, code, body)
+				assert.Len(t, api.requests(), n+1)
+				return
+			}
+			refused++
+			require.Equal(t, http.StatusForbidden, code, body)
+			s := decodeStatus(t, code, body)
+			assert.Contains(t, s.Message, `podmeta-ambassador: refused by rule "origin"`)
+			require.NotNil(t, s.Details)
+			assert.Equal(t, "origin", s.Details.Causes[0].Message)
+			assert.Len(t, api.requests(), n, "refused request never reaches the API server")
+		})
+	}
+	assert.Equal(t, float64(refused), testutil.ToFloat64(h.srv.proxy.m.refused.WithLabelValues("origin")))
+}
+
 func TestPolicyModes(t *testing.T) {
 	api := newAPIServer(t, nil)
 	vol := newSAVolume(t, "tok", api.caPEM())
