@@ -93,6 +93,9 @@ func (p *proxy) serve(ctx *fasthttp.RequestCtx) int {
 	if p.log.Enabled(context.Background(), slog.LevelDebug) {
 		p.log.Debug("proxy", "method", method, "path", u.Path, "rule", d.Rule)
 	}
+	// kube-apiserver also takes a bearer token from a WebSocket
+	// subprotocol: the app's own must not go up that way either.
+	dropBearerProtocols(&ctx.Request.Header)
 	out := p.outURL(u)
 	if upgrade || streaming(u.RawQuery, u.Path) {
 		p.hijack(ctx, method, out, bearer, upType)
@@ -170,8 +173,10 @@ func (p *proxy) forward(ctx *fasthttp.RequestCtx, method string, out *url.URL, b
 	req.Header.SetHost(out.Host)
 	dropHopHeaders(&req.Header)
 	// The app's own credentials never leave the pod; the API server sees
-	// only the pod's service account.
-	req.Header.Set("Authorization", bearer)
+	// only the pod's service account. Del takes every Authorization
+	// value, Set would replace only the first.
+	req.Header.Del(fasthttp.HeaderAuthorization)
+	req.Header.Set(fasthttp.HeaderAuthorization, bearer)
 
 	c := newCall(ctx.Conn())
 	req.SetUserValue(callKey{}, c)
@@ -478,6 +483,40 @@ func loopbackOrigin(s string) bool {
 	u, err := url.Parse(s)
 	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Opaque == "" && u.User == nil &&
 		u.Path == "" && u.RawQuery == "" && !u.ForceQuery && u.Fragment == "" && allowedHost(u.Host)
+}
+
+// bearerProtocolPrefix starts a WebSocket subprotocol that kube-apiserver's
+// websocket authenticator reads as a bearer token.
+const bearerProtocolPrefix = "base64url.bearer.authorization.k8s.io."
+
+// dropBearerProtocols takes the bearer-token subprotocols out of
+// Sec-WebSocket-Protocol (a comma-separated list, maybe on several lines),
+// keeping the others in order; no protocol left, no header.
+func dropBearerProtocols(h *fasthttp.RequestHeader) {
+	vs := h.PeekAll(fasthttp.HeaderSecWebSocketProtocol)
+	if len(vs) == 0 {
+		return
+	}
+	var kept []string
+	dropped := false
+	for _, v := range vs {
+		for _, p := range strings.Split(string(v), ",") {
+			p = strings.TrimSpace(p)
+			switch {
+			case len(p) >= len(bearerProtocolPrefix) && strings.EqualFold(p[:len(bearerProtocolPrefix)], bearerProtocolPrefix):
+				dropped = true
+			case p != "":
+				kept = append(kept, p)
+			}
+		}
+	}
+	if !dropped {
+		return
+	}
+	h.Del(fasthttp.HeaderSecWebSocketProtocol)
+	if len(kept) > 0 {
+		h.Set(fasthttp.HeaderSecWebSocketProtocol, strings.Join(kept, ", "))
+	}
 }
 
 var impersonatePrefix = []byte("impersonate-")

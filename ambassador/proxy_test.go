@@ -49,6 +49,45 @@ func TestTokenSentRotatedAndClientAuthorizationDropped(t *testing.T) {
 	assert.Equal(t, 2.0, testutil.ToFloat64(h.srv.proxy.m.tokenReloads.WithLabelValues("success")), "initial load + one rotation")
 }
 
+// TestAppCredentialsDropped: the app's own token never reaches the API
+// server, however it is sent: every Authorization header goes, not just
+// the first, and a WebSocket subprotocol carrying a bearer token (which
+// kube-apiserver authenticates) is taken out of Sec-WebSocket-Protocol,
+// the other protocols kept in order, on plain requests, watches and
+// upgrades alike.
+func TestAppCredentialsDropped(t *testing.T) {
+	api := newAPIServer(t, nil)
+	vol := newSAVolume(t, "tok", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca(), withPolicy(policy.ReadOnly, "GET /api/v1/namespaces/a/pods/p/exec"))
+	const token = "base64url.bearer.authorization.k8s.io.QVBQLVRPS0VO"
+	for _, path := range []string{"/api/v1/namespaces/a/pods", "/api/v1/namespaces/a/pods?watch=1", "/api/v1/namespaces/a/pods/p/exec?command=sh"} {
+		for _, tc := range []struct {
+			name            string
+			protocols, want []string
+		}{
+			{"no protocols", nil, nil},
+			{"token first", []string{token + ", v5.channel.k8s.io"}, []string{"v5.channel.k8s.io"}},
+			{"token between lines", []string{"v5.channel.k8s.io, " + token, "v4.channel.k8s.io"}, []string{"v5.channel.k8s.io, v4.channel.k8s.io"}},
+			{"token alone", []string{token}, nil},
+			{"token in other case", []string{"v5.channel.k8s.io,BASE64URL.bearer.authorization.K8S.IO.QVBQ"}, []string{"v5.channel.k8s.io"}},
+			{"no token, untouched", []string{"v5.channel.k8s.io,v4.channel.k8s.io"}, []string{"v5.channel.k8s.io,v4.channel.k8s.io"}},
+		} {
+			t.Run(path+" "+tc.name, func(t *testing.T) {
+				hdr := http.Header{"Authorization": {"Bearer app-1", "Bearer app-2"}, "Sec-Websocket-Protocol": tc.protocols}
+				if strings.Contains(path, "/exec") {
+					hdr.Set("Connection", "Upgrade")
+					hdr.Set("Upgrade", "websocket")
+				}
+				code, body := h.do(t, "GET", path, hdr)
+				require.Equal(t, http.StatusOK, code, body)
+				got := api.last(t)
+				assert.Equal(t, []string{"Bearer tok"}, got.Header.Values("Authorization"), "only the pod's token")
+				assert.Equal(t, tc.want, got.Header.Values("Sec-Websocket-Protocol"))
+			})
+		}
+	}
+}
+
 func TestTokenRereadWhenAPIServerSays401(t *testing.T) {
 	// With no file events and no poll in reach, only the API server's 401
 	// for the expired token can make the ambassador re-read it.
