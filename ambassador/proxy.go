@@ -172,6 +172,10 @@ func (p *proxy) forward(ctx *fasthttp.RequestCtx, method string, out *url.URL, b
 	req.URI().DisablePathNormalizing = true
 	req.Header.SetHost(out.Host)
 	dropHopHeaders(&req.Header)
+	// No Content-Type of fasthttp's own (application/octet-stream, which
+	// kube-apiserver answers with 415): without one it assumes JSON, as
+	// for a direct call.
+	req.Header.SetNoDefaultContentType(true)
 	// The app's own credentials never leave the pod; the API server sees
 	// only the pod's service account. Del takes every Authorization
 	// value, Set would replace only the first.

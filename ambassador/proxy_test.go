@@ -749,6 +749,35 @@ func TestRequestBodyAndHeadersForwarded(t *testing.T) {
 	assert.Equal(t, "PATCH application/json-patch+json  "+body, got.Load(), "body and content type forwarded, spoofable forwarding headers dropped")
 }
 
+// TestBodyWithoutContentType: a body the app sends without a Content-Type
+// goes up without one, on the plain path and the streaming one (a proxy
+// subresource), as in a direct call: kube-apiserver then assumes JSON,
+// where the application/octet-stream fasthttp would add gets a 415.
+func TestBodyWithoutContentType(t *testing.T) {
+	var got atomic.Value
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got.Store(fmt.Sprintf("%s %q %s", r.Method, r.Header.Values("Content-Type"), b))
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, `{"kind":"ConfigMap"}`)
+	})
+	vol := newSAVolume(t, "tok", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca(), withPolicy(policy.Full, ""))
+	const body = `{"kind":"ConfigMap","metadata":{"name":"c"}}`
+	for _, path := range []string{"/api/v1/namespaces/a/configmaps", "/api/v1/namespaces/a/services/s/proxy/x"} {
+		req, err := http.NewRequest("POST", h.url+path, strings.NewReader(body))
+		require.NoError(t, err)
+		require.Empty(t, req.Header.Values("Content-Type"))
+		res, err := h.client.Do(req)
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		assert.Equal(t, http.StatusCreated, res.StatusCode, path)
+		assert.Equal(t, "POST [] "+body, got.Load(), "%s: no Content-Type upstream", path)
+	}
+}
+
 func TestShutdownEndsLongWatches(t *testing.T) {
 	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
