@@ -3,8 +3,10 @@ package admission
 import (
 	"encoding/json"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -57,21 +59,27 @@ func TestDecodeLeavesOutOnlyUnread(t *testing.T) {
 		var full corev1.Pod
 		require.NoError(t, unmarshal(raw, &full), name)
 		filled := full.DeepCopy()
-		fillUnread(filled)
+		fillUnread(filled, false)
 		filledRaw, err := json.Marshal(filled)
 		require.NoError(t, err)
-		for variant, obj := range map[string][]byte{"as is": raw, "filled": filledRaw} {
+		guaranteed := full.DeepCopy()
+		fillUnread(guaranteed, true)
+		guaranteedRaw, err := json.Marshal(guaranteed)
+		require.NoError(t, err)
+		for variant, obj := range map[string][]byte{"as is": raw, "filled": filledRaw, "filled-guaranteed": guaranteedRaw} {
 			t.Run(name+"/"+variant, func(t *testing.T) {
 				body := review("u", "CREATE", "Pod", string(obj))
 				_, _, fast, err := decode([]byte(body))
 				require.NoError(t, err)
 				require.NotNil(t, fast)
-				if variant == "filled" {
+				if variant != "as is" {
 					// The fast path was taken and left the types out.
-					assert.Nil(t, fast.Spec.Affinity, "the fast path did not leave out the unread types")
-					if fast.Spec.Resources != nil { // allocated, then skipped
-						assert.Empty(t, fast.Spec.Resources.Limits)
-					}
+					require.NotNil(t, fast.Spec.Affinity)
+					assert.Nil(t, fast.Spec.Affinity.PodAffinity, "the fast path did not leave out the unread types")
+					assert.Nil(t, fast.Spec.Affinity.PodAntiAffinity)
+					assert.Empty(t, fast.Spec.Affinity.NodeAffinity.PreferredDuringSchedulingIgnoredDuringExecution)
+					require.NotNil(t, fast.Spec.Resources)
+					assert.NotContains(t, fast.Spec.Resources.Limits, hugePages, "only CPU and memory are decoded")
 					assert.Nil(t, fast.Spec.SecurityContext)
 					assert.Empty(t, fast.Spec.Tolerations)
 					assert.Empty(t, fast.Spec.TopologySpreadConstraints)
@@ -79,8 +87,11 @@ func TestDecodeLeavesOutOnlyUnread(t *testing.T) {
 					assert.Empty(t, fast.OwnerReferences)
 					assert.Empty(t, fast.Status.Phase)
 					for _, c := range append(fast.Spec.InitContainers, fast.Spec.Containers...) {
-						assert.Empty(t, c.Resources.Limits)
-						assert.Empty(t, c.Resources.Requests)
+						for _, l := range []corev1.ResourceList{c.Resources.Limits, c.Resources.Requests} {
+							assert.ElementsMatch(t, []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory}, slices.Collect(maps.Keys(l)),
+								"only CPU and memory are decoded")
+						}
+						assert.Empty(t, c.Resources.Claims)
 						assert.Nil(t, c.LivenessProbe)
 						assert.Nil(t, c.ReadinessProbe)
 						assert.Nil(t, c.StartupProbe)
@@ -117,27 +128,53 @@ func TestDecodeLeavesOutOnlyUnread(t *testing.T) {
 	}
 }
 
-// fillUnread sets every field unreadPod leaves out, in the pod and each
-// container.
-func fillUnread(p *corev1.Pod) {
+const hugePages = corev1.ResourceHugePagesPrefix + "2Mi"
+
+// fillUnread sets every field the fast path leaves out, in the pod and each
+// container, next to the CPU and memory it keeps (guaranteed: requests equal
+// to limits in every container).
+func fillUnread(p *corev1.Pod, guaranteed bool) {
 	q := resource.MustParse
 	p.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl", Operation: metav1.ManagedFieldsOperationUpdate, APIVersion: "v1",
 		FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:spec":{"f:containers":{}}}`)}}}
 	p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "rs", UID: "u"}}
 	p.Status = corev1.PodStatus{Phase: corev1.PodPending, PodIP: "10.0.0.1"}
 	p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To(int64(1000))}
-	p.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
-		NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: []corev1.NodeSelectorRequirement{{Key: "k", Operator: corev1.NodeSelectorOpExists}}}}}}}
+	term := corev1.PodAffinityTerm{TopologyKey: "zone", LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "x"}}}
+	if p.Spec.Affinity == nil {
+		p.Spec.Affinity = &corev1.Affinity{}
+	}
+	if p.Spec.Affinity.NodeAffinity == nil {
+		p.Spec.Affinity.NodeAffinity = &corev1.NodeAffinity{}
+	}
+	// Preferred terms do not pin the pod to Windows: left out.
+	p.Spec.Affinity.NodeAffinity.PreferredDuringSchedulingIgnoredDuringExecution = []corev1.PreferredSchedulingTerm{{Weight: 1,
+		Preference: corev1.NodeSelectorTerm{MatchExpressions: []corev1.NodeSelectorRequirement{{Key: "kubernetes.io/os", Operator: corev1.NodeSelectorOpIn, Values: []string{"windows"}}}}}}
+	p.Spec.Affinity.PodAffinity = &corev1.PodAffinity{RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{term}}
+	p.Spec.Affinity.PodAntiAffinity = &corev1.PodAntiAffinity{RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{term}}
 	p.Spec.Tolerations = []corev1.Toleration{{Key: "node.kubernetes.io/not-ready", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute}}
 	p.Spec.TopologySpreadConstraints = []corev1.TopologySpreadConstraint{{MaxSkew: 1, TopologyKey: "zone", WhenUnsatisfiable: corev1.DoNotSchedule}}
-	p.Spec.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceCPU: q("2")}}
+	// Pod-level, but not CPU or memory: left out (and without CPU or
+	// memory pod-level values do not apply).
+	if p.Spec.Resources == nil {
+		p.Spec.Resources = &corev1.ResourceRequirements{}
+	}
+	if p.Spec.Resources.Limits == nil {
+		p.Spec.Resources.Limits = corev1.ResourceList{}
+	}
+	p.Spec.Resources.Limits[hugePages] = q("2Mi")
 	probe := func(port int) *corev1.Probe {
 		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt(port)}}}
 	}
 	fill := func(c *corev1.Container) {
 		c.Resources = corev1.ResourceRequirements{
-			Requests: corev1.ResourceList{corev1.ResourceCPU: q("100m"), corev1.ResourceMemory: q("64Mi")},
-			Limits:   corev1.ResourceList{corev1.ResourceCPU: q("1"), corev1.ResourceMemory: q("128Mi")},
+			Requests: corev1.ResourceList{corev1.ResourceCPU: q("100m"), corev1.ResourceMemory: q("64Mi"), corev1.ResourceEphemeralStorage: q("1Gi")},
+			Limits:   corev1.ResourceList{corev1.ResourceCPU: q("1"), corev1.ResourceMemory: q("128Mi"), "example.com/gpu": q("1")},
+			Claims:   []corev1.ResourceClaim{{Name: "gpu"}},
+		}
+		if guaranteed {
+			c.Resources.Limits[corev1.ResourceCPU] = q("100m")
+			c.Resources.Limits[corev1.ResourceMemory] = q("64Mi")
 		}
 		c.LivenessProbe, c.ReadinessProbe, c.StartupProbe = probe(8001), probe(8002), probe(9000)
 		c.Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: 5}}}

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	sigsjson "sigs.k8s.io/json"
 
@@ -380,9 +381,11 @@ func decode(body []byte) (metav1.TypeMeta, *admissionv1.AdmissionRequest, *corev
 // unread lists the types in a Pod that mutate.Pod never reads, so the fast
 // path leaves them out of the decoded pod: the patch only carries what
 // mutate added, so nothing of them can be lost. They were a fifth of the
-// decode of the load tool's typical pod (16 resource quantities, owner
-// references, tolerations), and real reviews carry more: managedFields (as
-// large as the spec), probes, security contexts.
+// decode of the load tool's typical pod (owner references, tolerations,
+// resource quantities), and real reviews carry more: managedFields (as
+// large as the spec), probes, security contexts. Of the resources, mutate
+// reads only CPU and memory (for the QoS class and pod-level budget the
+// ambassador must respect): resourcesQoS keeps just those.
 //
 // If mutate is to read one of these, remove it here first:
 // TestDecodeLeavesOutOnlyUnread fails until then (it compares the handler's
@@ -392,12 +395,14 @@ var unread = jsonv2.WithUnmarshalers(jsonv2.JoinUnmarshalers(
 	skip[[]metav1.ManagedFieldsEntry](),
 	skip[[]metav1.OwnerReference](),
 	skip[corev1.PodStatus](),
-	skip[corev1.ResourceRequirements](),
+	jsonv2.UnmarshalFromFunc(resourcesQoS),
 	skip[*corev1.Probe](),
 	skip[*corev1.Lifecycle](),
 	skip[*corev1.SecurityContext](),
 	skip[*corev1.PodSecurityContext](),
-	skip[*corev1.Affinity](),
+	skip[*corev1.PodAffinity](),
+	skip[*corev1.PodAntiAffinity](),
+	skip[[]corev1.PreferredSchedulingTerm](),
 	skip[[]corev1.Toleration](),
 	skip[[]corev1.TopologySpreadConstraint](),
 ))
@@ -405,6 +410,104 @@ var unread = jsonv2.WithUnmarshalers(jsonv2.JoinUnmarshalers(
 // skip is an unmarshaler for T that consumes the value and leaves T as is.
 func skip[T any]() *jsonv2.Unmarshalers {
 	return jsonv2.UnmarshalFromFunc(func(dec *jsontext.Decoder, _ *T) error { return dec.SkipValue() })
+}
+
+// resourcesQoS decodes the CPU and memory of a ResourceRequirements'
+// requests and limits, and skips the rest (other resources, claims): the
+// generic decode of the lists was a quarter of the medium pod's decode.
+func resourcesQoS(dec *jsontext.Decoder, r *corev1.ResourceRequirements) error {
+	if open, err := openObject(dec); !open {
+		return err
+	}
+	for dec.PeekKind() != '}' {
+		name, err := readString(dec)
+		if err != nil {
+			return err
+		}
+		switch string(name) {
+		case "requests":
+			r.Requests, err = cpuMemory(dec)
+		case "limits":
+			r.Limits, err = cpuMemory(dec)
+		default:
+			err = dec.SkipValue()
+		}
+		if err != nil {
+			return err
+		}
+	}
+	_, err := dec.ReadToken()
+	return err
+}
+
+func cpuMemory(dec *jsontext.Decoder) (corev1.ResourceList, error) {
+	if open, err := openObject(dec); !open {
+		return nil, err
+	}
+	var l corev1.ResourceList
+	for dec.PeekKind() != '}' {
+		name, err := readString(dec)
+		if err != nil {
+			return nil, err
+		}
+		var res corev1.ResourceName
+		switch string(name) {
+		case string(corev1.ResourceCPU):
+			res = corev1.ResourceCPU
+		case string(corev1.ResourceMemory):
+			res = corev1.ResourceMemory
+		default:
+			if err := dec.SkipValue(); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if dec.PeekKind() != '"' {
+			return nil, fmt.Errorf("quantity %s: want a string", res)
+		}
+		v, err := readString(dec)
+		if err != nil {
+			return nil, err
+		}
+		q, err := resource.ParseQuantity(string(v))
+		if err != nil {
+			return nil, err
+		}
+		if l == nil {
+			l = make(corev1.ResourceList, 2)
+		}
+		l[res] = q
+	}
+	_, err := dec.ReadToken()
+	return l, err
+}
+
+// openObject reads the start of an object; false for null (or an error).
+func openObject(dec *jsontext.Decoder) (bool, error) {
+	tok, err := dec.ReadToken()
+	if err != nil {
+		return false, err
+	}
+	switch tok.Kind() {
+	case '{':
+		return true, nil
+	case 'n':
+		return false, nil
+	}
+	return false, fmt.Errorf("want an object, got %v", tok.Kind())
+}
+
+// readString reads a string (or object name) unquoted, without a copy in
+// the usual case of no escapes: valid until the decoder's next call.
+func readString(dec *jsontext.Decoder) ([]byte, error) {
+	raw, err := dec.ReadValue()
+	if err != nil {
+		return nil, err
+	}
+	if bytes.IndexByte(raw, '\\') < 0 {
+		return raw[1 : len(raw)-1], nil
+	}
+	return jsontext.AppendUnquote(nil, raw)
 }
 
 // unmarshal decodes like the API server does: field names are case

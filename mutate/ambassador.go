@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -33,7 +32,7 @@ func (in *injection) ambassador() {
 			return
 		}
 	}
-	if p.OS != nil && p.OS.Name == corev1.Windows {
+	if isWindows(p) {
 		in.skip(PartAmbassador, "", AmbassadorName, ReasonWindows, "")
 		return
 	}
@@ -142,21 +141,138 @@ func (in *injection) shutdownDelay() int64 {
 	return max(0, min(in.s.shutdownDelay, grace-ambassadorDrainSeconds))
 }
 
-// isOurAmbassador tells the sidecar of an earlier pass (possibly defaulted
-// by the API server since) from a user's container of the same name. The
-// shutdown delay is left out of the comparison: it follows the pod's grace
-// period, which a webhook after podmeta may change before podmeta is
-// invoked again; the earlier sidecar is still ours, and keeps its delay
-// (podmeta only adds, it never rewrites a container).
+// isOurAmbassador tells the sidecar of an earlier pass from a user's
+// container of the same name by its token mount, not by its image or flags:
+// those follow podmeta's configuration and the pod's annotations, which may
+// differ between passes (a rolling upgrade of the webhook, a webhook after
+// podmeta changing the grace period) and between `podmeta-webhook inject`
+// and the cluster. An earlier sidecar stays as it is (podmeta only adds, it
+// never rewrites a container).
 func (in *injection) isOurAmbassador(c *corev1.Container) bool {
-	return c.Name == AmbassadorName && c.Image == in.cfg.Ambassador.Image &&
-		slices.Equal(withoutShutdownDelay(c.Args), withoutShutdownDelay(in.ambassadorArgs()))
+	if c.Name != AmbassadorName {
+		return false
+	}
+	for _, m := range c.VolumeMounts {
+		if m.Name == APIAccessVolumeName && m.MountPath == APIAccessMountPath {
+			return true
+		}
+	}
+	return false
 }
 
 const shutdownDelayFlag = "--shutdown-delay="
 
-func withoutShutdownDelay(args []string) []string {
-	return slices.DeleteFunc(slices.Clone(args), func(a string) bool { return strings.HasPrefix(a, shutdownDelayFlag) })
+// osLabel is the well-known node label the scheduler matches a pod's
+// operating system on.
+const osLabel = "kubernetes.io/os"
+
+// isWindows tells a pod that can only run on Windows nodes: by spec.os, or,
+// for manifests written before spec.os existed, by a node selector or a
+// required node affinity that pins the os label to windows. The ambassador
+// image is a Linux binary; as a native sidecar it would keep the app from
+// ever starting there.
+func isWindows(p *corev1.PodSpec) bool {
+	if p.OS != nil {
+		return p.OS.Name == corev1.Windows
+	}
+	if p.NodeSelector[osLabel] == string(corev1.Windows) {
+		return true
+	}
+	if p.Affinity == nil || p.Affinity.NodeAffinity == nil || p.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
+		return false
+	}
+	terms := p.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
+	// Terms are ORed: every one of them must rule out other systems.
+	for _, t := range terms {
+		if !termPinsWindows(t) {
+			return false
+		}
+	}
+	return len(terms) > 0
+}
+
+func termPinsWindows(t corev1.NodeSelectorTerm) bool {
+	for _, e := range t.MatchExpressions {
+		if e.Key == osLabel && e.Operator == corev1.NodeSelectorOpIn && len(e.Values) > 0 &&
+			!slices.ContainsFunc(e.Values, func(v string) bool { return v != string(corev1.Windows) }) {
+			return true
+		}
+	}
+	return false
+}
+
+// ambassadorResources are the sidecar's requests and limits, chosen so that
+// adding it neither makes the API server reject the pod nor changes the
+// pod's QoS class:
+//   - with pod-level resources (spec.resources) the sidecar asks for none
+//     and shares the pod's budget: the API server rejects a pod whose
+//     containers request more than the pod, and the pod's QoS class
+//     follows the pod-level values;
+//   - in a Guaranteed pod its requests are raised to its limits, or it
+//     would make the pod Burstable (and lose, for example, the static CPU
+//     manager's exclusive CPUs);
+//   - otherwise they are as configured.
+func (in *injection) ambassadorResources() corev1.ResourceRequirements {
+	p := &in.pod.Spec
+	if hasPodLevelResources(p) {
+		return corev1.ResourceRequirements{}
+	}
+	r := *in.cfg.Ambassador.Resources.DeepCopy()
+	if !isGuaranteed(p) {
+		return r
+	}
+	g := corev1.ResourceRequirements{Requests: corev1.ResourceList{}, Limits: corev1.ResourceList{}}
+	for _, name := range qosResources {
+		q, ok := r.Limits[name]
+		if !ok {
+			if q, ok = r.Requests[name]; !ok {
+				return r // nothing to be Guaranteed with; the pod becomes Burstable
+			}
+		}
+		g.Requests[name], g.Limits[name] = q, q
+	}
+	return g
+}
+
+// hasPodLevelResources: spec.resources sets CPU or memory, the resources
+// pod-level values apply to (and the QoS class is computed from).
+func hasPodLevelResources(p *corev1.PodSpec) bool {
+	if p.Resources == nil {
+		return false
+	}
+	for _, name := range qosResources {
+		_, req := p.Resources.Requests[name]
+		_, lim := p.Resources.Limits[name]
+		if req || lim {
+			return true
+		}
+	}
+	return false
+}
+
+// qosResources are the resources a QoS class is computed from.
+var qosResources = []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory}
+
+// isGuaranteed computes the Guaranteed QoS class the way the API server
+// does for a pod without pod-level resources: every container, init
+// containers included, has CPU and memory requests equal to non-zero limits.
+func isGuaranteed(p *corev1.PodSpec) bool {
+	for _, list := range [][]corev1.Container{p.InitContainers, p.Containers} {
+		for i := range list {
+			r := &list[i].Resources
+			for _, name := range qosResources {
+				lim := r.Limits[name]
+				req, ok := r.Requests[name]
+				if !ok {
+					req = lim // the API server's defaulting, for manifests given to inject
+				}
+				if lim.IsZero() || !req.Equal(lim) {
+					return false
+				}
+			}
+		}
+	}
+	return true
 }
 
 func isOurAPIAccess(v *corev1.Volume) bool {
@@ -178,7 +294,7 @@ func (in *injection) ambassadorContainer() corev1.Container {
 		Image:           in.cfg.Ambassador.Image,
 		ImagePullPolicy: in.cfg.Ambassador.ImagePullPolicy,
 		Args:            in.ambassadorArgs(),
-		Resources:       *in.cfg.Ambassador.Resources.DeepCopy(),
+		Resources:       in.ambassadorResources(),
 		// The app containers start once this succeeds, so their first
 		// request already finds the proxy listening.
 		StartupProbe: &corev1.Probe{

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -201,7 +202,7 @@ func (in *injection) env() {
 			switch {
 			case at[i] == absent:
 				missing++
-			case envMatches(&c.Env[at[i]], &want[i]):
+			case envMatches(&c.Env[at[i]], &want[i], c.Name):
 				found = true // ours, from an earlier pass
 				in.touched[ci] = true
 			default:
@@ -298,7 +299,12 @@ func (in *injection) wantEnv(want []corev1.EnvVar, c *corev1.Container, tmpl []c
 	sels := make([]corev1.ResourceFieldSelector, 0, nres)
 	for i, r := range res {
 		if r != "" {
-			sels = append(sels, resourceSelector(c.Name, r))
+			// No container name: the kubelet then reads the container's own
+			// resources with missing limits set to node allocatable. With
+			// a name it looks the container up in a copy of the pod where
+			// only regular containers got that default, so an init
+			// container without limits would read 0.
+			sels = append(sels, resourceSelector("", r))
 			srcs = append(srcs, corev1.EnvVarSource{ResourceFieldRef: &sels[len(sels)-1]})
 			want[i].ValueFrom = &srcs[len(srcs)-1]
 		}
@@ -324,8 +330,9 @@ func resourceSelector(container, res string) corev1.ResourceFieldSelector {
 }
 
 // envMatches tells podmeta's own env var (from an earlier pass, possibly
-// defaulted by the API server since) from a user's one of the same name.
-func envMatches(have, want *corev1.EnvVar) bool {
+// defaulted by the API server since) from a user's one of the same name in
+// container c.
+func envMatches(have, want *corev1.EnvVar, c string) bool {
 	if have.Value != want.Value {
 		return false
 	}
@@ -341,14 +348,22 @@ func envMatches(have, want *corev1.EnvVar) bool {
 		return h.FieldRef != nil && h.FieldRef.FieldPath == w.FieldRef.FieldPath &&
 			(h.FieldRef.APIVersion == "" || h.FieldRef.APIVersion == "v1")
 	case w.ResourceFieldRef != nil:
-		return h.ResourceFieldRef != nil && selectorMatches(h.ResourceFieldRef, w.ResourceFieldRef)
+		return h.ResourceFieldRef != nil && selectorMatches(h.ResourceFieldRef, w.ResourceFieldRef, c)
 	}
 	return false
 }
 
-func selectorMatches(have, want *corev1.ResourceFieldSelector) bool {
-	return have.Resource == want.Resource &&
-		have.ContainerName == want.ContainerName &&
+// selectorMatches compares resource selectors of container c; an empty
+// container name means c itself (earlier podmeta versions named it in env
+// vars too, as the volume still must).
+func selectorMatches(have, want *corev1.ResourceFieldSelector, c string) bool {
+	name := func(s *corev1.ResourceFieldSelector) string {
+		if s.ContainerName == "" {
+			return c
+		}
+		return s.ContainerName
+	}
+	return have.Resource == want.Resource && name(have) == name(want) &&
 		have.Divisor.Cmp(want.Divisor) == 0
 }
 
@@ -429,12 +444,23 @@ func (in *injection) mounts() bool {
 	for ci, c := range in.selected {
 		var conflict *corev1.VolumeMount
 		for i := range c.VolumeMounts {
-			if c.VolumeMounts[i].MountPath == in.s.mountPath {
+			// Cleaned: "/etc/podinfo/" is the same directory, which the API
+			// server's own duplicate check does not see.
+			if path.Clean(c.VolumeMounts[i].MountPath) == in.s.mountPath {
 				conflict = &c.VolumeMounts[i]
 				break
 			}
 		}
+		device := ""
+		for i := range c.VolumeDevices {
+			if path.Clean(c.VolumeDevices[i].DevicePath) == in.s.mountPath {
+				device = c.VolumeDevices[i].Name
+			}
+		}
 		switch {
+		case device != "":
+			// The API server rejects a mount path that is also a device path.
+			in.skip("mount", c.Name, in.s.mountPath, ReasonMountPathInUse, "block device of volume "+device)
 		case conflict == nil:
 			m := make([]corev1.VolumeMount, 0, len(c.VolumeMounts)+1)
 			m = append(m, c.VolumeMounts...)
