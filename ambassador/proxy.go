@@ -468,11 +468,18 @@ func allowedHost(hostport string) bool {
 // can open a WebSocket or fire no-cors GETs; API clients send neither
 // Origin nor Sec-Fetch-Site.
 func crossSite(h *fasthttp.RequestHeader) string {
-	for _, v := range h.PeekAll("Origin") {
+	origins := h.PeekAll("Origin")
+	for _, v := range origins {
 		if !loopbackOrigin(string(v)) {
 			return fmt.Sprintf("Origin %q refused: only pages on http(s)://localhost, 127.0.0.1 or [::1] (any port) are served", v)
 		}
 	}
+	if len(origins) > 0 {
+		// A page on another loopback port or name (localhost:3000 calling
+		// 127.0.0.1:8001 is cross-site to the browser) is the pod's own.
+		return ""
+	}
+	// No Origin: a navigation or a no-cors GET (an image, a link).
 	for _, v := range h.PeekAll("Sec-Fetch-Site") {
 		if strings.EqualFold(strings.TrimSpace(string(v)), "cross-site") {
 			return "Sec-Fetch-Site cross-site refused: a page of another site sent the request"

@@ -262,6 +262,9 @@ func TestOriginCheck(t *testing.T) {
 		{"same-origin fetch", list, http.Header{"Sec-Fetch-Site": {"same-origin"}}, true},
 		{"typed url", list, http.Header{"Sec-Fetch-Site": {"none"}}, true},
 		{"websocket from localhost", exec, ws("http://localhost:3000"), true},
+		// localhost:3000 calling 127.0.0.1:8001 is cross-site to the
+		// browser, but the page is the pod's own.
+		{"page on another loopback name", list, http.Header{"Origin": {"http://localhost:3000"}, "Sec-Fetch-Site": {"Cross-Site"}}, true},
 
 		{"other site", list, http.Header{"Origin": {"https://evil.example"}}, false},
 		{"other site on a watch", watch, http.Header{"Origin": {"https://evil.example"}}, false},
@@ -278,7 +281,7 @@ func TestOriginCheck(t *testing.T) {
 		{"extension", list, http.Header{"Origin": {"chrome-extension://abcdef"}}, false},
 		{"second origin", list, http.Header{"Origin": {"http://localhost", "https://evil.example"}}, false},
 		{"no-cors get from another site", list, http.Header{"Sec-Fetch-Site": {"cross-site"}}, false},
-		{"cross-site despite a loopback origin", list, http.Header{"Origin": {"http://localhost"}, "Sec-Fetch-Site": {"Cross-Site"}}, false},
+		{"other site claiming same-site", list, http.Header{"Origin": {"https://evil.example"}, "Sec-Fetch-Site": {"same-site"}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := len(api.requests())

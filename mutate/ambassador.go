@@ -2,8 +2,10 @@ package mutate
 
 import (
 	"fmt"
+	"net"
 	"slices"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -25,6 +27,9 @@ func (in *injection) ambassador() {
 			}
 			if in.isOurAmbassador(&list[i]) {
 				in.ambassadorPresent = true
+				// Apps must find the sidecar where it listens, whatever
+				// the port is now.
+				in.ambassadorPort = listenPort(list[i].Args, in.s.port)
 				in.report.Injected = append(in.report.Injected, PartAmbassador)
 			} else {
 				in.skip(PartAmbassador, "", AmbassadorName, ReasonUserDefined, "")
@@ -74,6 +79,7 @@ func (in *injection) ambassador() {
 	}
 	in.needAPIAccess = !haveVolume
 	in.ambassadorPresent = true
+	in.ambassadorPort = in.s.port
 	in.report.Injected = append(in.report.Injected, PartAmbassador)
 	c := in.ambassadorContainer()
 	in.pendingAmbassador = &c
@@ -103,7 +109,7 @@ func (in *injection) insertAmbassador() {
 
 func (in *injection) ambassadorArgs() []string {
 	args := []string{
-		"--listen=127.0.0.1:" + strconv.Itoa(in.s.port),
+		listenFlag + "127.0.0.1:" + strconv.Itoa(in.s.port),
 		"--health-listen=:" + strconv.Itoa(in.s.port+1),
 		"--policy=" + in.s.policy,
 	}
@@ -152,19 +158,47 @@ func (in *injection) isOurAmbassador(c *corev1.Container) bool {
 	if c.Name != AmbassadorName {
 		return false
 	}
+	mounted := false
 	for _, m := range c.VolumeMounts {
 		if m.Name == APIAccessVolumeName && m.MountPath == APIAccessMountPath {
-			return true
+			mounted = true
+		}
+	}
+	if !mounted {
+		return false
+	}
+	// ... and the volume is a projected token, not some user's Secret of
+	// that name.
+	for i := range in.pod.Spec.Volumes {
+		if in.pod.Spec.Volumes[i].Name == APIAccessVolumeName {
+			return isOurAPIAccess(&in.pod.Spec.Volumes[i])
 		}
 	}
 	return false
 }
 
-const shutdownDelayFlag = "--shutdown-delay="
+const (
+	shutdownDelayFlag = "--shutdown-delay="
+	listenFlag        = "--listen="
+)
 
-// osLabel is the well-known node label the scheduler matches a pod's
-// operating system on.
-const osLabel = "kubernetes.io/os"
+// listenPort is the port of an ambassador's --listen flag, or def.
+func listenPort(args []string, def int) int {
+	for _, a := range args {
+		if addr, ok := strings.CutPrefix(a, listenFlag); ok {
+			if _, p, err := net.SplitHostPort(addr); err == nil {
+				if n, err := strconv.Atoi(p); err == nil && n > 0 && n < 65536 {
+					return n
+				}
+			}
+		}
+	}
+	return def
+}
+
+// osLabels are the node labels a pod's operating system is matched on;
+// the kubelet still sets the beta one, and older manifests use it.
+var osLabels = []string{"kubernetes.io/os", "beta.kubernetes.io/os"}
 
 // isWindows tells a pod that can only run on Windows nodes: by spec.os, or,
 // for manifests written before spec.os existed, by a node selector or a
@@ -175,8 +209,10 @@ func isWindows(p *corev1.PodSpec) bool {
 	if p.OS != nil {
 		return p.OS.Name == corev1.Windows
 	}
-	if p.NodeSelector[osLabel] == string(corev1.Windows) {
-		return true
+	for _, l := range osLabels {
+		if p.NodeSelector[l] == string(corev1.Windows) {
+			return true
+		}
 	}
 	if p.Affinity == nil || p.Affinity.NodeAffinity == nil || p.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
 		return false
@@ -193,7 +229,7 @@ func isWindows(p *corev1.PodSpec) bool {
 
 func termPinsWindows(t corev1.NodeSelectorTerm) bool {
 	for _, e := range t.MatchExpressions {
-		if e.Key == osLabel && e.Operator == corev1.NodeSelectorOpIn && len(e.Values) > 0 &&
+		if slices.Contains(osLabels, e.Key) && e.Operator == corev1.NodeSelectorOpIn && len(e.Values) > 0 &&
 			!slices.ContainsFunc(e.Values, func(v string) bool { return v != string(corev1.Windows) }) {
 			return true
 		}
@@ -225,9 +261,9 @@ func (in *injection) ambassadorResources() corev1.ResourceRequirements {
 	for _, name := range qosResources {
 		q, ok := r.Limits[name]
 		if !ok {
-			if q, ok = r.Requests[name]; !ok {
-				return r // nothing to be Guaranteed with; the pod becomes Burstable
-			}
+			// No limit configured: turning the request into one could
+			// starve the proxy; the pod becomes Burstable instead.
+			return r
 		}
 		g.Requests[name], g.Limits[name] = q, q
 	}

@@ -79,8 +79,10 @@ type injection struct {
 	// touched[i]: selected[i] carries podmeta env vars or the mount (now
 	// or from an earlier pass), so the report lists it on every pass.
 	touched []bool
-	// ambassadorPresent: the ambassador is in the pod (added now or before).
+	// ambassadorPresent: the ambassador is in the pod (added now or before),
+	// listening on ambassadorPort.
 	ambassadorPresent bool
+	ambassadorPort    int
 	pendingAmbassador *corev1.Container
 	needAPIAccess     bool
 	changed           bool
@@ -277,7 +279,7 @@ func (in *injection) envTemplate() (tmpl []corev1.EnvVar, res []string) {
 			if !in.ambassadorPresent {
 				continue
 			}
-			e.Value = "http://127.0.0.1:" + strconv.Itoa(in.s.port)
+			e.Value = "http://127.0.0.1:" + strconv.Itoa(in.ambassadorPort)
 		}
 		tmpl = append(tmpl, e)
 		res = append(res, r)
