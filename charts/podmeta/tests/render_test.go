@@ -303,6 +303,7 @@ func TestInvariants(t *testing.T) {
 				p := decode[policyv1.PodDisruptionBudget](t, pdb)
 				assert.Equal(t, dep.Spec.Selector.MatchLabels, p.Spec.Selector.MatchLabels)
 				assert.Greater(t, *dep.Spec.Replicas, int32(1), "a PDB on a single replica blocks drains")
+				assert.Equal(t, policyv1.AlwaysAllow, *p.Spec.UnhealthyPodEvictionPolicy, "a replica that is not Ready must not block drains")
 			} else {
 				assert.Equal(t, int32(1), *dep.Spec.Replicas, "more than one replica but no PDB")
 			}

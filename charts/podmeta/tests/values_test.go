@@ -1,0 +1,103 @@
+package tests
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+
+	"github.com/podmeta/podmeta/mutate"
+)
+
+// TestStartupConfigRejected: values the webhook refuses when it starts
+// (mutate.ParseConfig, whose refusal makes every replica crash-loop) are
+// refused by helm instead, by values.schema.json or a render-time check,
+// with a message naming the value. Each case is also rendered with
+// --skip-schema-validation and the rendered config fed to the webhook's own
+// parser, which must refuse it too: the chart is not stricter than the
+// webhook (a case the template itself refuses cannot render at all), except
+// for the cases in webhookStarts, which the API server would refuse in every
+// injected pod instead.
+func TestStartupConfigRejected(t *testing.T) {
+	webhookStarts := map[string]string{
+		"ambassador resource negative": "a negative request is invalid in a pod",
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"mount path with ..", []string{"--set", "config.mountPath=/etc/../x"}, "mountPath"},
+		{"mount path with .", []string{"--set", "config.mountPath=/etc/./x"}, "mountPath"},
+		{"mount path with //", []string{"--set", "config.mountPath=/etc//x"}, "mountPath"},
+		{"mount path with trailing /", []string{"--set", "config.mountPath=/etc/podinfo/"}, "mountPath"},
+		{"mount path /", []string{"--set", "config.mountPath=/"}, "mountPath"},
+		{"mount path with :", []string{"--set", "config.mountPath=/etc/pod:info"}, "mountPath"},
+		{"volume name of the token volume", []string{"--set", "config.volumeName=podmeta-api-access"}, "volumeName"},
+		{"allow-list without rules", []string{"--set", "config.ambassador.policy=allow-list"}, "allow"},
+		{"allow-list with blank rules", []string{"--set", "config.ambassador.policy=allow-list", "--set-string", "config.ambassador.allow=  ;  "}, "allow"},
+		{"env name not an identifier", []string{"--set", "config.envNames.podName=1POD"}, "podName"},
+		{"env names duplicated", []string{"--set", "config.envNames.podIP=POD_NAME"}, `config.envNames.podIP: "POD_NAME" is also the name of config.envNames.podName`},
+		{"ambassador port 0", []string{"--set", "config.ambassador.port=0"}, "port"},
+		{"ambassador port 65535", []string{"--set", "config.ambassador.port=65535"}, "port"},
+		{"ambassador resource not a quantity", []string{"--set", "config.ambassador.resources.limits.memory=lots"}, "memory"},
+		{"ambassador resource negative", []string{"--set", "config.ambassador.resources.requests.cpu=-1"}, "cpu"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := render(t, "3", tc.args...)
+			require.Error(t, err, "helm rendered it; the webhook would crash-loop")
+			assert.Contains(t, err.Error(), tc.want)
+
+			out, err := render(t, "3", append([]string{"--skip-schema-validation"}, tc.args...)...)
+			if err != nil {
+				assert.Contains(t, err.Error(), tc.want, "refused by the template, with the value's name")
+				return
+			}
+			if why, ok := webhookStarts[tc.name]; ok {
+				t.Logf("the webhook starts with it, but %s", why)
+				return
+			}
+			cm := decode[corev1.ConfigMap](t, must(t, split(t, out), "ConfigMap"))
+			_, err = mutate.ParseConfig([]byte(cm.Data["config.yaml"]))
+			assert.Error(t, err, "the webhook accepts what the chart refuses:\n%s", cm.Data["config.yaml"])
+		})
+	}
+}
+
+// TestStartupConfigAccepted: values at the edge of those rules still render,
+// and the webhook accepts what they render.
+func TestStartupConfigAccepted(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"dotted segments", []string{"--set", "config.mountPath=/var/..podinfo/.meta/..."}},
+		{"allow-list with a rule", []string{"--set", "config.ambassador.policy=allow-list", "--set", "config.ambassador.allow=GET /api/v1/namespaces/*/pods/**"}},
+		{"two env vars left out", []string{"--set", "config.envNames.podIP=", "--set", "config.envNames.podIPs="}},
+		{"names swapped", []string{"--set", "config.envNames.podIP=POD_IPS", "--set", "config.envNames.podIPs=POD_IP"}},
+		{"highest port", []string{"--set", "config.ambassador.port=65534"}},
+		{"quantities", []string{"--set", "config.ambassador.resources.requests.cpu=0.05", "--set", "config.ambassador.resources.limits.cpu=1",
+			"--set", "config.ambassador.resources.requests.memory=1e6", "--set-string", "config.ambassador.resources.limits.memory=1Gi"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := render(t, "3", tc.args...)
+			require.NoError(t, err)
+			cm := decode[corev1.ConfigMap](t, must(t, split(t, out), "ConfigMap"))
+			_, err = mutate.ParseConfig([]byte(cm.Data["config.yaml"]))
+			require.NoError(t, err, "rendered config.yaml:\n%s", cm.Data["config.yaml"])
+		})
+	}
+}
+
+// TestPDBAllowsEvictingUnhealthy: replicas that are not Ready (e.g.
+// crash-looping on a bad config) can always be evicted, so they never block
+// a node drain.
+func TestPDBAllowsEvictingUnhealthy(t *testing.T) {
+	out, err := render(t, "3")
+	require.NoError(t, err)
+	pdb := decode[policyv1.PodDisruptionBudget](t, must(t, split(t, out), "PodDisruptionBudget"))
+	require.NotNil(t, pdb.Spec.UnhealthyPodEvictionPolicy)
+	assert.Equal(t, policyv1.AlwaysAllow, *pdb.Spec.UnhealthyPodEvictionPolicy)
+}
