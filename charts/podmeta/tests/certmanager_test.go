@@ -6,7 +6,8 @@
 // certificate story short of running the webhook pods: both Certificates
 // Ready, the caBundle injected and verifying the serving certificate for the
 // Service's name, a forced renewal giving a new certificate and key from the
-// same CA with the caBundle unchanged, an existing ClusterIssuer, Helm 4,
+// same CA with the caBundle unchanged, a serving key change and a forced CA
+// renewal that both keep the CA's key, an existing ClusterIssuer, Helm 4,
 // upgrade and uninstall. The pods themselves (and rotation under load) are
 // the e2e suite's job on the local cluster.
 //
@@ -259,6 +260,47 @@ func TestWithCertManager(t *testing.T) {
 		assert.Equal(t, int64(2), d.Generation)
 		// The certificates are untouched by an upgrade.
 		cp.waitReady(t, ctx, ns, "podmeta-serving-cert")
+	})
+
+	// The CA the API server trusts keeps its key when the serving key
+	// changes and when the CA itself is renewed, so a serving certificate
+	// signed before either still verifies against whatever caBundle
+	// cainjector has already injected.
+	t.Run("serving key change keeps the CA", func(t *testing.T) {
+		ca, _ := cp.servingCert(t, ctx, ns, "podmeta-ca")
+		bundle := cp.caBundle(t, ctx, "podmeta")
+		cp.helm(t, "3", "upgrade", releaseName, chartDir, "--namespace", ns, "--reuse-values",
+			"--set", "certificates.certManager.privateKey.algorithm=RSA", "--set", "certificates.certManager.privateKey.size=2048")
+		var leaf *x509.Certificate
+		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			leaf, _ = cp.servingCert(t, ctx, ns, "podmeta-serving-cert")
+			return leaf.PublicKeyAlgorithm == x509.RSA, nil
+		})
+		require.NoError(t, err, "the serving certificate was not reissued with an RSA key")
+		time.Sleep(2 * time.Second)
+		after, _ := cp.servingCert(t, ctx, ns, "podmeta-ca")
+		assert.Zero(t, ca.SerialNumber.Cmp(after.SerialNumber), "the CA was reissued")
+		assert.Equal(t, bundle, cp.caBundle(t, ctx, "podmeta"), "the trusted CA changed")
+		verifies(t, leaf, bundle, "podmeta.podmeta-system.svc")
+	})
+
+	t.Run("CA renewal keeps its key", func(t *testing.T) {
+		ca, _ := cp.servingCert(t, ctx, ns, "podmeta-ca")
+		leaf, _ := cp.servingCert(t, ctx, ns, "podmeta-serving-cert")
+		time.Sleep(time.Until(ca.NotBefore.Add(1100 * time.Millisecond)))
+		require.NoError(t, certmanager.Renew(ctx, cp.dyn, ns, "podmeta-ca"))
+		var renewed *x509.Certificate
+		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			renewed, _ = cp.servingCert(t, ctx, ns, "podmeta-ca")
+			return renewed.SerialNumber.Cmp(ca.SerialNumber) != 0, nil
+		})
+		require.NoError(t, err, "no renewed CA in the Secret")
+		oldKey, _ := x509.MarshalPKIXPublicKey(ca.PublicKey)
+		newKey, _ := x509.MarshalPKIXPublicKey(renewed.PublicKey)
+		assert.Equal(t, oldKey, newKey, "rotationPolicy Never: the renewed CA keeps its key")
+		// What the API server trusts once cainjector injects the renewed CA
+		// still verifies the certificate the replicas serve until they reload.
+		verifies(t, leaf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: renewed.Raw}), "podmeta.podmeta-system.svc")
 	})
 
 	t.Run("uninstall", func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/podmeta/podmeta/mutate"
 )
@@ -100,4 +101,53 @@ func TestPDBAllowsEvictingUnhealthy(t *testing.T) {
 	pdb := decode[policyv1.PodDisruptionBudget](t, must(t, split(t, out), "PodDisruptionBudget"))
 	require.NotNil(t, pdb.Spec.UnhealthyPodEvictionPolicy)
 	assert.Equal(t, policyv1.AlwaysAllow, *pdb.Spec.UnhealthyPodEvictionPolicy)
+}
+
+// certKey is a cert-manager Certificate's private key settings.
+type certKey struct {
+	Algorithm      string `json:"algorithm"`
+	Size           int    `json:"size"`
+	RotationPolicy string `json:"rotationPolicy"`
+}
+
+func certKeys(t *testing.T, args ...string) (ca, serving certKey) {
+	t.Helper()
+	out, err := render(t, "3", args...)
+	require.NoError(t, err)
+	objs := split(t, out)
+	get := func(name string) certKey {
+		var c struct {
+			Spec struct {
+				PrivateKey certKey `json:"privateKey"`
+			} `json:"spec"`
+		}
+		o, ok := objs["Certificate/"+name]
+		require.True(t, ok, "no Certificate/%s", name)
+		require.NoError(t, yaml.Unmarshal(o.raw, &c))
+		return c.Spec.PrivateKey
+	}
+	return get("podmeta-ca"), get("podmeta-serving-cert")
+}
+
+// TestCAKeyIndependentOfServingKey: the chart's CA has its own key settings
+// and keeps its key when renewed (rotationPolicy Never). Before, it shared
+// the serving certificate's settings with rotationPolicy Always, so changing
+// the serving key (or a CA renewal) gave the CA a new key; cainjector then
+// swapped the caBundle while replicas still served leaves signed by the old
+// key, and every opted-in pod's admission failed x509 verification.
+func TestCAKeyIndependentOfServingKey(t *testing.T) {
+	ca, serving := certKeys(t)
+	assert.Equal(t, certKey{"ECDSA", 256, "Never"}, ca, "defaults: today's algorithm and size, key kept on renewal")
+	assert.Equal(t, certKey{"ECDSA", 256, "Always"}, serving)
+
+	ca, serving = certKeys(t, "--set", "certificates.certManager.privateKey.algorithm=RSA", "--set", "certificates.certManager.privateKey.size=3072")
+	assert.Equal(t, certKey{"ECDSA", 256, "Never"}, ca, "the serving key settings must not change the CA")
+	assert.Equal(t, certKey{"RSA", 3072, "Always"}, serving)
+
+	ca, serving = certKeys(t, "--set", "certificates.certManager.ca.privateKey.algorithm=RSA", "--set", "certificates.certManager.ca.privateKey.size=4096")
+	assert.Equal(t, certKey{"RSA", 4096, "Never"}, ca)
+	assert.Equal(t, certKey{"ECDSA", 256, "Always"}, serving, "the CA key settings must not change the serving key")
+
+	ca, _ = certKeys(t, "--set", "certificates.certManager.ca.privateKey.algorithm=Ed25519")
+	assert.Equal(t, certKey{Algorithm: "Ed25519", RotationPolicy: "Never"}, ca, "no size for Ed25519")
 }
