@@ -5,6 +5,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/yaml"
@@ -150,4 +151,70 @@ func TestCAKeyIndependentOfServingKey(t *testing.T) {
 
 	ca, _ = certKeys(t, "--set", "certificates.certManager.ca.privateKey.algorithm=Ed25519")
 	assert.Equal(t, certKey{Algorithm: "Ed25519", RotationPolicy: "Never"}, ca, "no size for Ed25519")
+}
+
+// TestUnworkableValuesRejected: combinations of values that each pass the
+// schema but cannot work together fail the render, naming the values.
+func TestUnworkableValuesRejected(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"no grace left after the shutdown delay", []string{"--set", "shutdownDelaySeconds=29"}, []string{"shutdownDelaySeconds (29)", "terminationGracePeriodSeconds (30)"}},
+		{"shutdown delay longer than the grace period", []string{"--set", "shutdownDelaySeconds=10", "--set", "terminationGracePeriodSeconds=5"}, []string{"shutdownDelaySeconds (10)", "terminationGracePeriodSeconds (5)"}},
+		{"webhook port is the metrics port", []string{"--set", "ports.webhook=8080"}, []string{"ports.webhook", "ports.metrics", "8080"}},
+		{"PDB minAvailable = replicas", []string{"--set", "podDisruptionBudget.minAvailable=2"}, []string{"podDisruptionBudget.minAvailable (2)", "replicaCount (2)"}},
+		{"PDB minAvailable > replicas", []string{"--set", "replicaCount=3", "--set", "podDisruptionBudget.minAvailable=4"}, []string{"podDisruptionBudget.minAvailable (4)", "replicaCount (3)"}},
+		{"PDB minAvailable 100%", []string{"--set-string", "podDisruptionBudget.minAvailable=100%"}, []string{"podDisruptionBudget.minAvailable (100%)", "replicaCount (2)"}},
+		{"PDB minAvailable % rounding up to all", []string{"--set-string", "podDisruptionBudget.minAvailable=51%"}, []string{"podDisruptionBudget.minAvailable (51%)", "replicaCount (2)"}},
+		{"PDB minAvailable not a percentage", []string{"--set-string", "podDisruptionBudget.minAvailable=one"}, []string{"minAvailable"}},
+		{"Recreate strategy", []string{"--set", "updateStrategy.type=Recreate"}, []string{"updateStrategy", "RollingUpdate"}},
+		{"rolling update that can never progress", []string{"--set", "updateStrategy.rollingUpdate.maxSurge=0"}, []string{"updateStrategy.rollingUpdate.maxSurge", "maxUnavailable"}},
+		{"misspelt rolling update key", []string{"--set", "updateStrategy.rollingUpdate.maxSurges=2"}, []string{"maxSurges"}},
+		{"match condition named like the chart's", []string{"--set", "webhook.extraMatchConditions[0].name=not-a-mirror-pod", "--set-string", "webhook.extraMatchConditions[0].expression=true"}, []string{"webhook.extraMatchConditions", `"not-a-mirror-pod"`}},
+		{"match conditions with one name", []string{"--set", "webhook.extraMatchConditions[0].name=a", "--set-string", "webhook.extraMatchConditions[0].expression=true",
+			"--set", "webhook.extraMatchConditions[1].name=a", "--set-string", "webhook.extraMatchConditions[1].expression=false"}, []string{"webhook.extraMatchConditions", `"a"`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := render(t, "3", tc.args...)
+			require.Error(t, err, "rendered")
+			for _, w := range tc.want {
+				assert.Contains(t, err.Error(), w)
+			}
+		})
+	}
+}
+
+// TestWorkableEdgeValues: the closest values that do work still render.
+func TestWorkableEdgeValues(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"1 s of grace left", []string{"--set", "shutdownDelaySeconds=28"}},
+		{"no shutdown delay, shortest grace", []string{"--set", "shutdownDelaySeconds=0", "--set", "terminationGracePeriodSeconds=2"}},
+		{"PDB minAvailable one below replicas", []string{"--set", "replicaCount=3", "--set", "podDisruptionBudget.minAvailable=2"}},
+		{"PDB minAvailable 50%", []string{"--set-string", "podDisruptionBudget.minAvailable=50%"}},
+		{"PDB off", []string{"--set", "podDisruptionBudget.enabled=false", "--set", "podDisruptionBudget.minAvailable=2"}},
+		{"one replica: no PDB", []string{"--set", "replicaCount=1", "--set", "podDisruptionBudget.minAvailable=1"}},
+		{"percentages in the rolling update", []string{"--set-string", "updateStrategy.rollingUpdate.maxSurge=50%"}},
+		{"chart's condition name free", []string{"--set", "webhook.skipMirrorPods=false", "--set", "webhook.extraMatchConditions[0].name=mine", "--set-string", "webhook.extraMatchConditions[0].expression=true"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := render(t, "3", tc.args...)
+			require.NoError(t, err)
+		})
+	}
+}
+
+// TestShutdownGraceArg: --shutdown-grace is what the render-time check
+// computes: the grace period minus the delay minus one second.
+func TestShutdownGraceArg(t *testing.T) {
+	out, err := render(t, "3", "--set", "shutdownDelaySeconds=28")
+	require.NoError(t, err)
+	dep := decode[appsv1.Deployment](t, must(t, split(t, out), "Deployment"))
+	args := dep.Spec.Template.Spec.Containers[0].Args
+	assert.Contains(t, args, "--shutdown-delay=28s")
+	assert.Contains(t, args, "--shutdown-grace=1s")
 }
