@@ -81,3 +81,30 @@ mutate.Config, with the ambassador image assembled from repository/tag
 {{- $_ = set $c.ambassador "imagePullPolicy" $img.pullPolicy }}
 {{- toYaml $c | trimSuffix "\n" }}
 {{- end }}
+
+{{/*
+Tolerations of the webhook pods: the user's, then NoExecute tolerations of a
+not-ready or unreachable node for nodeFailureTolerationSeconds (the API server
+would give 300 s), except for a taint that a user toleration already covers
+for NoExecute: the taint manager applies the shortest matching toleration, so
+adding the chart's would cut the user's short.
+*/}}
+{{- define "podmeta.tolerations" -}}
+{{- $user := .Values.tolerations | default list }}
+{{- $out := $user }}
+{{- range $key := list "node.kubernetes.io/not-ready" "node.kubernetes.io/unreachable" }}
+{{- $covered := false }}
+{{- range $user }}
+{{- $sameKey := or (eq (.key | default "") $key) (and (empty .key) (eq (.operator | default "") "Exists")) }}
+{{- if and $sameKey (or (empty .effect) (eq .effect "NoExecute")) }}
+{{- $covered = true }}
+{{- end }}
+{{- end }}
+{{- if not $covered }}
+{{- $out = append $out (dict "key" $key "operator" "Exists" "effect" "NoExecute" "tolerationSeconds" (int $.Values.nodeFailureTolerationSeconds)) }}
+{{- end }}
+{{- end }}
+{{- with $out }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}

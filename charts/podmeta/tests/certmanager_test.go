@@ -34,6 +34,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -228,6 +229,28 @@ func TestWithCertManager(t *testing.T) {
 		caLeaf, _ := cp.servingCert(t, ctx, ns, "podmeta-ca")
 		assert.True(t, caLeaf.IsCA)
 		assert.Equal(t, caLeaf.Subject.String(), leaf.Issuer.String(), "signed by the chart's CA")
+
+		// The API server admits the webhook's pod as the chart renders it,
+		// system-cluster-critical outside kube-system included (dry run:
+		// admission runs, nothing is stored; there are no nodes here).
+		d, err := cp.client.AppsV1().Deployments(ns).Get(ctx, "podmeta", metav1.GetOptions{})
+		require.NoError(t, err)
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "podmeta-dry-run", Namespace: ns, Labels: d.Spec.Template.Labels}, Spec: d.Spec.Template.Spec}
+		got, err := cp.client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		require.NoError(t, err, "the API server refuses the webhook's pod")
+		assert.Equal(t, "system-cluster-critical", got.Spec.PriorityClassName)
+		require.NotNil(t, got.Spec.Priority)
+		assert.Equal(t, int32(2000000000), *got.Spec.Priority)
+		// DefaultTolerationSeconds adds no 300 s tolerations next to the chart's 30 s.
+		n := 0
+		for _, tol := range got.Spec.Tolerations {
+			if tol.Key == "node.kubernetes.io/not-ready" || tol.Key == "node.kubernetes.io/unreachable" {
+				n++
+				require.NotNil(t, tol.TolerationSeconds)
+				assert.Equal(t, int64(30), *tol.TolerationSeconds, "%s", tol.Key)
+			}
+		}
+		assert.Equal(t, 2, n)
 	})
 
 	t.Run("renewal", func(t *testing.T) {

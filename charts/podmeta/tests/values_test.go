@@ -218,3 +218,62 @@ func TestShutdownGraceArg(t *testing.T) {
 	assert.Contains(t, args, "--shutdown-delay=28s")
 	assert.Contains(t, args, "--shutdown-grace=1s")
 }
+
+// TestNodeFailureTolerations: the webhook pods tolerate a not-ready or
+// unreachable node for 30 s (not the API server's default 300 s), so a lost
+// node's replica is replaced quickly; a toleration the user gives for one of
+// those taints replaces the chart's for that taint (the shortest matching
+// toleration is what the taint manager applies, so adding ours would cut
+// theirs short), and other user tolerations are kept.
+func TestNodeFailureTolerations(t *testing.T) {
+	sec := func(n int64) *int64 { return &n }
+	chart := func(key string, s int64) corev1.Toleration {
+		return corev1.Toleration{Key: key, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute, TolerationSeconds: sec(s)}
+	}
+	const notReady, unreachable = "node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"
+	tolerations := func(args ...string) []corev1.Toleration {
+		out, err := render(t, "3", args...)
+		require.NoError(t, err)
+		return decode[appsv1.Deployment](t, must(t, split(t, out), "Deployment")).Spec.Template.Spec.Tolerations
+	}
+
+	assert.ElementsMatch(t, []corev1.Toleration{chart(notReady, 30), chart(unreachable, 30)}, tolerations())
+	assert.ElementsMatch(t, []corev1.Toleration{chart(notReady, 120), chart(unreachable, 120)}, tolerations("--set", "nodeFailureTolerationSeconds=120"))
+
+	dedicated := corev1.Toleration{Key: "dedicated", Operator: corev1.TolerationOpEqual, Value: "platform", Effect: corev1.TaintEffectNoSchedule}
+	assert.ElementsMatch(t, []corev1.Toleration{dedicated, chart(notReady, 30), chart(unreachable, 30)}, tolerations("-f", "testdata/custom.values.yaml"))
+
+	forever := corev1.Toleration{Key: notReady, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute}
+	assert.ElementsMatch(t, []corev1.Toleration{forever, chart(unreachable, 30)}, tolerations(
+		"--set", "tolerations[0].key="+notReady, "--set", "tolerations[0].operator=Exists", "--set", "tolerations[0].effect=NoExecute"),
+		"the user's toleration for not-ready replaces the chart's")
+
+	anyEffect := corev1.Toleration{Key: unreachable, Operator: corev1.TolerationOpExists}
+	assert.ElementsMatch(t, []corev1.Toleration{anyEffect, chart(notReady, 30)}, tolerations(
+		"--set", "tolerations[0].key="+unreachable, "--set", "tolerations[0].operator=Exists"),
+		"an empty effect covers NoExecute")
+
+	noSchedule := corev1.Toleration{Key: notReady, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}
+	assert.ElementsMatch(t, []corev1.Toleration{noSchedule, chart(notReady, 30), chart(unreachable, 30)}, tolerations(
+		"--set", "tolerations[0].key="+notReady, "--set", "tolerations[0].operator=Exists", "--set", "tolerations[0].effect=NoSchedule"),
+		"a NoSchedule toleration does not cover eviction")
+
+	everything := corev1.Toleration{Operator: corev1.TolerationOpExists}
+	assert.ElementsMatch(t, []corev1.Toleration{everything}, tolerations("--set", "tolerations[0].operator=Exists"),
+		"a toleration of every taint covers both")
+}
+
+// TestPriorityClass: the webhook pods are system-cluster-critical by default
+// (allowed in any namespace since Kubernetes 1.17, unless the cluster limits
+// it with a ResourceQuota admission configuration, see the README); a value
+// replaces it and "" leaves it out.
+func TestPriorityClass(t *testing.T) {
+	class := func(args ...string) string {
+		out, err := render(t, "3", args...)
+		require.NoError(t, err)
+		return decode[appsv1.Deployment](t, must(t, split(t, out), "Deployment")).Spec.Template.Spec.PriorityClassName
+	}
+	assert.Equal(t, "system-cluster-critical", class())
+	assert.Equal(t, "platform-critical", class("-f", "testdata/custom.values.yaml"))
+	assert.Equal(t, "", class("--set", "priorityClassName="))
+}
