@@ -219,7 +219,10 @@ func TestWithCertManager(t *testing.T) {
 
 	const ns = "podmeta-system"
 	t.Run("install", func(t *testing.T) {
-		cp.helm(t, "3", "install", releaseName, chartDir, "--namespace", ns, "--create-namespace")
+		// With the recommended priority class, to show it is admitted
+		// outside kube-system.
+		cp.helm(t, "3", "install", releaseName, chartDir, "--namespace", ns, "--create-namespace",
+			"--set", "priorityClassName=system-cluster-critical")
 		cp.waitReady(t, ctx, ns, "podmeta-ca")
 		cp.waitReady(t, ctx, ns, "podmeta-serving-cert")
 		leaf, ca := cp.servingCert(t, ctx, ns, "podmeta-serving-cert")

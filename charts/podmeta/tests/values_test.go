@@ -263,17 +263,17 @@ func TestNodeFailureTolerations(t *testing.T) {
 		"a toleration of every taint covers both")
 }
 
-// TestPriorityClass: the webhook pods are system-cluster-critical by default
-// (allowed in any namespace since Kubernetes 1.17, unless the cluster limits
-// it with a ResourceQuota admission configuration, see the README); a value
-// replaces it and "" leaves it out.
+// TestPriorityClass: the webhook pods get the cluster's default priority
+// unless a class is given (system-cluster-critical is recommended but not
+// the default: a cluster may limit it with a ResourceQuota admission
+// configuration, see the README).
 func TestPriorityClass(t *testing.T) {
 	class := func(args ...string) string {
 		out, err := render(t, "3", args...)
 		require.NoError(t, err)
 		return decode[appsv1.Deployment](t, must(t, split(t, out), "Deployment")).Spec.Template.Spec.PriorityClassName
 	}
-	assert.Equal(t, "system-cluster-critical", class())
+	assert.Equal(t, "", class())
 	assert.Equal(t, "platform-critical", class("-f", "testdata/custom.values.yaml"))
-	assert.Equal(t, "", class("--set", "priorityClassName="))
+	assert.Equal(t, "system-cluster-critical", class("--set", "priorityClassName=system-cluster-critical"))
 }
