@@ -174,6 +174,22 @@ func (cp *controlPlane) waitReady(t *testing.T, ctx context.Context, ns, name st
 	require.NoError(t, err)
 }
 
+// renew has cert-manager renew Certificate name now and returns the
+// certificate that replaced old in its Secret.
+func (cp *controlPlane) renew(t *testing.T, ctx context.Context, ns, name string, old *x509.Certificate) *x509.Certificate {
+	t.Helper()
+	// NotBefore has one-second resolution; make the renewal observable.
+	time.Sleep(time.Until(old.NotBefore.Add(1100 * time.Millisecond)))
+	require.NoError(t, certmanager.Renew(ctx, cp.dyn, ns, name))
+	var renewed *x509.Certificate
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		renewed, _ = cp.servingCert(t, ctx, ns, name)
+		return renewed.SerialNumber.Cmp(old.SerialNumber) != 0, nil
+	})
+	require.NoError(t, err, "no renewed %s in its Secret", name)
+	return renewed
+}
+
 func (cp *controlPlane) servingCert(t *testing.T, ctx context.Context, ns, name string) (leaf *x509.Certificate, ca []byte) {
 	t.Helper()
 	s, err := cp.client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
@@ -259,15 +275,7 @@ func TestWithCertManager(t *testing.T) {
 	t.Run("renewal", func(t *testing.T) {
 		old, _ := cp.servingCert(t, ctx, ns, "podmeta-serving-cert")
 		bundle := cp.caBundle(t, ctx, "podmeta")
-		// NotBefore has one-second resolution; make the renewal observable.
-		time.Sleep(time.Until(old.NotBefore.Add(1100 * time.Millisecond)))
-		require.NoError(t, certmanager.Renew(ctx, cp.dyn, ns, "podmeta-serving-cert"))
-		var renewed *x509.Certificate
-		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-			renewed, _ = cp.servingCert(t, ctx, ns, "podmeta-serving-cert")
-			return renewed.SerialNumber.Cmp(old.SerialNumber) != 0, nil
-		})
-		require.NoError(t, err, "no renewed certificate in the Secret")
+		renewed := cp.renew(t, ctx, ns, "podmeta-serving-cert", old)
 		oldKey, _ := x509.MarshalPKIXPublicKey(old.PublicKey)
 		newKey, _ := x509.MarshalPKIXPublicKey(renewed.PublicKey)
 		assert.NotEqual(t, oldKey, newKey, "rotationPolicy Always: a new private key")
@@ -313,14 +321,7 @@ func TestWithCertManager(t *testing.T) {
 	t.Run("CA renewal keeps its key", func(t *testing.T) {
 		ca, _ := cp.servingCert(t, ctx, ns, "podmeta-ca")
 		leaf, _ := cp.servingCert(t, ctx, ns, "podmeta-serving-cert")
-		time.Sleep(time.Until(ca.NotBefore.Add(1100 * time.Millisecond)))
-		require.NoError(t, certmanager.Renew(ctx, cp.dyn, ns, "podmeta-ca"))
-		var renewed *x509.Certificate
-		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-			renewed, _ = cp.servingCert(t, ctx, ns, "podmeta-ca")
-			return renewed.SerialNumber.Cmp(ca.SerialNumber) != 0, nil
-		})
-		require.NoError(t, err, "no renewed CA in the Secret")
+		renewed := cp.renew(t, ctx, ns, "podmeta-ca", ca)
 		oldKey, _ := x509.MarshalPKIXPublicKey(ca.PublicKey)
 		newKey, _ := x509.MarshalPKIXPublicKey(renewed.PublicKey)
 		assert.Equal(t, oldKey, newKey, "rotationPolicy Never: the renewed CA keeps its key")
