@@ -781,6 +781,37 @@ func TestBodyWithoutContentType(t *testing.T) {
 	}
 }
 
+// TestUserAgentPassedThrough: the API server (and its audit log) sees the
+// app's User-Agent, or none when the app sent none, on the plain path and
+// on streams, never one of the ambassador's HTTP clients.
+func TestUserAgentPassedThrough(t *testing.T) {
+	var got atomic.Value
+	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
+		got.Store(r.Header.Values("User-Agent"))
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, "{}")
+	})
+	vol := newSAVolume(t, "tok", api.caPEM())
+	h := startAmbassador(t, api.URL, vol.token(), vol.ca())
+	for _, path := range []string{"/api/v1/namespaces/a/pods", "/api/v1/namespaces/a/pods?watch=true"} {
+		for _, ua := range []string{"", "my-app/1.0"} {
+			req, err := http.NewRequest("GET", h.url+path, nil)
+			require.NoError(t, err)
+			req.Header["User-Agent"] = []string{ua} // "": Go's client sends none
+			res, err := h.client.Do(req)
+			require.NoError(t, err)
+			_, _ = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			require.Equal(t, http.StatusOK, res.StatusCode, path)
+			want := []string(nil)
+			if ua != "" {
+				want = []string{ua}
+			}
+			assert.Equal(t, want, got.Load(), "%s with User-Agent %q", path, ua)
+		}
+	}
+}
+
 func TestShutdownEndsLongWatches(t *testing.T) {
 	api := newAPIServer(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

@@ -38,6 +38,11 @@ func (p *proxy) hijack(ctx *fasthttp.RequestCtx, method string, out *url.URL, be
 			req.Header.Add(key, string(v))
 		}
 	}
+	if _, ok := req.Header["User-Agent"]; !ok {
+		// Go's client would send its own; the API server's audit log
+		// should show the app's (here: none), as on the plain path.
+		req.Header["User-Agent"] = []string{""}
+	}
 	te := strings.Contains(strings.ToLower(req.Header.Get("Te")), "trailers")
 	removeHopByHop(req.Header)
 	for _, name := range forwardingHeaders {
