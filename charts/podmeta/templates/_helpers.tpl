@@ -91,6 +91,12 @@ adding the chart's would cut the user's short.
 */}}
 {{- define "podmeta.tolerations" -}}
 {{- $user := .Values.tolerations | default list }}
+{{- /* Missing in a release's values from before the key existed (helm
+upgrade --reuse-values): the default, not 0 (a set 0 stays 0). */}}
+{{- $seconds := 30 }}
+{{- if hasKey .Values "nodeFailureTolerationSeconds" }}
+{{- $seconds = int .Values.nodeFailureTolerationSeconds }}
+{{- end }}
 {{- $out := $user }}
 {{- range $key := list "node.kubernetes.io/not-ready" "node.kubernetes.io/unreachable" }}
 {{- $covered := false }}
@@ -101,7 +107,7 @@ adding the chart's would cut the user's short.
 {{- end }}
 {{- end }}
 {{- if not $covered }}
-{{- $out = append $out (dict "key" $key "operator" "Exists" "effect" "NoExecute" "tolerationSeconds" (int $.Values.nodeFailureTolerationSeconds)) }}
+{{- $out = append $out (dict "key" $key "operator" "Exists" "effect" "NoExecute" "tolerationSeconds" $seconds) }}
 {{- end }}
 {{- end }}
 {{- with $out }}

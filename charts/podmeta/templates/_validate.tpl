@@ -34,7 +34,7 @@ every replica when replicas * percent > 100 * (replicas - 1). */}}
 {{- if and $pdb.enabled (gt $replicas 1) }}
 {{- $min := $pdb.minAvailable }}
 {{- $blocks := false }}
-{{- if kindIs "string" $min }}
+{{- if and (kindIs "string" $min) (hasSuffix "%" $min) }}
 {{- $pct := int (trimSuffix "%" $min) }}
 {{- $blocks = gt (mul $replicas $pct) (mul 100 (sub $replicas 1)) }}
 {{- else }}
@@ -55,7 +55,10 @@ every replica when replicas * percent > 100 * (replicas - 1). */}}
 {{- end }}
 
 {{- /* matchCondition names are unique within the webhook; the chart's own are taken. */}}
-{{- $conditionNames := dict "not-a-mirror-pod" "the chart's own condition (webhook.skipMirrorPods)" }}
+{{- $conditionNames := dict }}
+{{- if .Values.webhook.skipMirrorPods }}
+{{- $_ := set $conditionNames "not-a-mirror-pod" "the chart's own condition (webhook.skipMirrorPods)" }}
+{{- end }}
 {{- range $i, $c := .Values.webhook.extraMatchConditions }}
 {{- if hasKey $conditionNames $c.name }}
 {{- fail (printf "webhook.extraMatchConditions[%d]: the name %q is already %s; matchCondition names must be unique" $i $c.name (get $conditionNames $c.name)) }}

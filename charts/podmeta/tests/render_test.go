@@ -72,7 +72,13 @@ func helm(t *testing.T, major string) string {
 // render runs `helm template` with the given values files and --set flags.
 func render(t *testing.T, major string, args ...string) (string, error) {
 	t.Helper()
-	full := append([]string{"template", releaseName, chartDir, "--namespace", releaseNS}, args...)
+	return renderChart(t, major, chartDir, args...)
+}
+
+// renderChart renders the chart in dir.
+func renderChart(t *testing.T, major, dir string, args ...string) (string, error) {
+	t.Helper()
+	full := append([]string{"template", releaseName, dir, "--namespace", releaseNS}, args...)
 	cmd := exec.Command(helm(t, major), full...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

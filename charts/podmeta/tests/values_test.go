@@ -1,6 +1,8 @@
 package tests
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -200,6 +202,9 @@ func TestWorkableEdgeValues(t *testing.T) {
 		{"one replica: no PDB", []string{"--set", "replicaCount=1", "--set", "podDisruptionBudget.minAvailable=1"}},
 		{"percentages in the rolling update", []string{"--set-string", "updateStrategy.rollingUpdate.maxSurge=50%"}},
 		{"chart's condition name free", []string{"--set", "webhook.skipMirrorPods=false", "--set", "webhook.extraMatchConditions[0].name=mine", "--set-string", "webhook.extraMatchConditions[0].expression=true"}},
+		{"chart's condition name, its condition off", []string{"--set", "webhook.skipMirrorPods=false", "--set", "webhook.extraMatchConditions[0].name=not-a-mirror-pod", "--set-string", "webhook.extraMatchConditions[0].expression=true"}},
+		{"PDB minAvailable as a numeric string", []string{"--set", "replicaCount=3", "--set-string", "podDisruptionBudget.minAvailable=2"}},
+		{"quantity with a sign", []string{"--set", "resources.requests.cpu=+100m"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := render(t, "3", tc.args...)
@@ -276,4 +281,39 @@ func TestPriorityClass(t *testing.T) {
 	assert.Equal(t, "", class())
 	assert.Equal(t, "platform-critical", class("-f", "testdata/custom.values.yaml"))
 	assert.Equal(t, "system-cluster-critical", class("--set", "priorityClassName=system-cluster-critical"))
+}
+
+// TestReusedOldValues: `helm upgrade --reuse-values` renders the new chart
+// with the release's old values instead of the chart's values.yaml, so keys
+// added since are missing (testdata/release-values-b37cee1.yaml is
+// values.yaml as it was before ca.privateKey and
+// nodeFailureTolerationSeconds existed). The CA keeps the key settings it
+// had, and a lost node's replica is still replaced after 30 s, not at once.
+func TestReusedOldValues(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.CopyFS(dir, os.DirFS(chartDir)))
+	old, err := os.ReadFile("testdata/release-values-b37cee1.yaml")
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "values.yaml"), old, 0o644))
+	for _, major := range []string{"3", "4"} {
+		out, err := renderChart(t, major, dir)
+		require.NoError(t, err, "helm %s", major)
+		objs := split(t, out)
+		ca, ok := objs["Certificate/podmeta-ca"]
+		require.True(t, ok, "helm %s: no CA Certificate", major)
+		var cert struct {
+			Spec struct {
+				PrivateKey map[string]any `json:"privateKey"`
+			} `json:"spec"`
+		}
+		require.NoError(t, yaml.Unmarshal(ca.raw, &cert))
+		assert.Equal(t, map[string]any{"algorithm": "ECDSA", "size": float64(256), "rotationPolicy": "Never"},
+			cert.Spec.PrivateKey, "helm %s: the CA's key settings", major)
+		d := decode[appsv1.Deployment](t, must(t, objs, "Deployment"))
+		for _, tol := range d.Spec.Template.Spec.Tolerations {
+			require.NotNil(t, tol.TolerationSeconds, "helm %s: %+v", major, tol)
+			assert.Equal(t, int64(30), *tol.TolerationSeconds, "helm %s: %s", major, tol.Key)
+		}
+		assert.Len(t, d.Spec.Template.Spec.Tolerations, 2, "helm %s", major)
+	}
 }
