@@ -253,19 +253,19 @@ func (in *injection) ambassadorResources() corev1.ResourceRequirements {
 	if hasPodLevelResources(p) {
 		return corev1.ResourceRequirements{}
 	}
-	r := *in.cfg.Ambassador.Resources.DeepCopy()
+	cfg := &in.cfg.Ambassador.Resources
 	if !isGuaranteed(p) {
-		return r
+		return *cfg.DeepCopy()
 	}
 	g := corev1.ResourceRequirements{Requests: corev1.ResourceList{}, Limits: corev1.ResourceList{}}
 	for _, name := range qosResources {
-		q, ok := r.Limits[name]
+		q, ok := cfg.Limits[name]
 		if !ok {
 			// No limit configured: turning the request into one could
 			// starve the proxy; the pod becomes Burstable instead.
-			return r
+			return *cfg.DeepCopy()
 		}
-		g.Requests[name], g.Limits[name] = q, q
+		g.Requests[name], g.Limits[name] = q.DeepCopy(), q.DeepCopy()
 	}
 	return g
 }

@@ -18,8 +18,8 @@ once, from deployment.yaml; renders nothing.
 {{- end }}
 {{- end }}
 
-{{- /* The shutdown delay leaves the webhook time for in-flight reviews. */}}
-{{- $_ := include "podmeta.shutdownGraceSeconds" . }}
+{{- /* That the shutdown delay leaves time for in-flight reviews is checked
+where deployment.yaml computes --shutdown-grace (podmeta.shutdownGraceSeconds). */}}
 
 {{- /* Two listeners cannot share a port: the replica would exit at start. */}}
 {{- if eq (int .Values.ports.webhook) (int .Values.ports.metrics) }}
