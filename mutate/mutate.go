@@ -170,27 +170,19 @@ func (in *injection) finish() {
 
 func (in *injection) env() {
 	found := false
-	tmpl, res := in.envTemplate()
-	if len(tmpl) == 0 {
+	want := in.envTemplate()
+	if len(want) == 0 {
 		return
 	}
 	// The wanted names are the same in every container: index them once,
 	// then make one pass over each (possibly huge) user list.
-	idx := make(map[string]int, len(tmpl))
-	for i := range tmpl {
-		idx[tmpl[i].Name] = i
-	}
-	nres := 0
-	for _, r := range res {
-		if r != "" {
-			nres++
-		}
+	idx := make(map[string]int, len(want))
+	for i := range want {
+		idx[want[i].Name] = i
 	}
 	const absent = -1
-	at := make([]int, len(tmpl))
-	want := make([]corev1.EnvVar, len(tmpl))
+	at := make([]int, len(want))
 	for ci, c := range in.selected {
-		in.wantEnv(want, c, tmpl, res, nres)
 		for i := range at {
 			at[i] = absent
 		}
@@ -237,12 +229,13 @@ func (in *injection) env() {
 // envTemplate lists the env vars podmeta injects, in envKeys order: the
 // Downward API ones when env is on, and the ambassador URL whenever the
 // ambassador is in the pod (apps need it to find the sidecar even when they
-// do not want the other variables). Pod-level entries are complete and
-// shared by all containers of this pod; res[i] names the resource of the
-// container-specific ones.
-func (in *injection) envTemplate() (tmpl []corev1.EnvVar, res []string) {
-	tmpl = make([]corev1.EnvVar, 0, len(envKeys))
-	res = make([]string, 0, len(envKeys))
+// do not want the other variables). The entries are shared by all
+// containers of this pod: the resource ones name no container, so each
+// reads the resources of the container it is in.
+func (in *injection) envTemplate() []corev1.EnvVar {
+	tmpl := make([]corev1.EnvVar, 0, len(envKeys))
+	var sels []corev1.ResourceFieldSelector
+	var selAt []int // the tmpl index of each of sels
 	for _, k := range envKeys {
 		name := in.cfg.EnvNames[k]
 		if name == "" || !in.s.env && k != EnvAmbassadorURL {
@@ -281,25 +274,6 @@ func (in *injection) envTemplate() (tmpl []corev1.EnvVar, res []string) {
 			}
 			e.Value = "http://127.0.0.1:" + strconv.Itoa(in.ambassadorPort)
 		}
-		tmpl = append(tmpl, e)
-		res = append(res, r)
-	}
-	return tmpl, res
-}
-
-// wantEnv fills want with the template for container c: the resource
-// entries read c's own requests and limits. want is scratch space reused
-// across containers (env copies the entries it adds); the sources it points
-// to are new and stay with c.
-func (in *injection) wantEnv(want []corev1.EnvVar, c *corev1.Container, tmpl []corev1.EnvVar, res []string, nres int) {
-	copy(want, tmpl)
-	if nres == 0 {
-		return
-	}
-	// One allocation each for all of c's resource sources.
-	srcs := make([]corev1.EnvVarSource, 0, nres)
-	sels := make([]corev1.ResourceFieldSelector, 0, nres)
-	for i, r := range res {
 		if r != "" {
 			// No container name: the kubelet then reads the container's own
 			// resources with missing limits set to node allocatable. With
@@ -307,10 +281,16 @@ func (in *injection) wantEnv(want []corev1.EnvVar, c *corev1.Container, tmpl []c
 			// only regular containers got that default, so an init
 			// container without limits would read 0.
 			sels = append(sels, resourceSelector("", r))
-			srcs = append(srcs, corev1.EnvVarSource{ResourceFieldRef: &sels[len(sels)-1]})
-			want[i].ValueFrom = &srcs[len(srcs)-1]
+			selAt = append(selAt, len(tmpl))
 		}
+		tmpl = append(tmpl, e)
 	}
+	srcs := make([]corev1.EnvVarSource, len(sels))
+	for j, i := range selAt {
+		srcs[j].ResourceFieldRef = &sels[j]
+		tmpl[i].ValueFrom = &srcs[j]
+	}
+	return tmpl
 }
 
 func fieldRef(path string) *corev1.EnvVarSource {
