@@ -2,8 +2,10 @@ package admission
 
 import (
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -186,4 +188,53 @@ func fillUnread(p *corev1.Pod, guaranteed bool) {
 	for i := range p.Spec.Containers {
 		fill(&p.Spec.Containers[i])
 	}
+}
+
+// TestDecodeSlicesExact: env and container lists are decoded at their
+// exact length (no doubling slack), and null and [] keep their meaning,
+// the general path's.
+func TestDecodeSlicesExact(t *testing.T) {
+	env := func(n int) string {
+		var b strings.Builder
+		for i := range n {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, `{"name":"V%d","value":"x"}`, i)
+		}
+		return "[" + b.String() + "]"
+	}
+	for _, tc := range []struct {
+		name, containers string
+		wantEnv          []int // per container, -1 for a nil list
+	}{
+		{"lists", `[{"name":"a","env":` + env(40) + `},{"name":"b","env":` + env(3) + `},{"name":"c","env":` + env(1) + `}]`, []int{40, 3, 1}},
+		{"null and empty", `[{"name":"a","env":null},{"name":"b","env":[]},{"name":"c"}]`, []int{-1, 0, -1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			obj := `{"metadata":{"labels":{"podmeta.io/inject":"true"}},"spec":{"containers":` + tc.containers + `}}`
+			_, _, fast, err := decode([]byte(review("u", "CREATE", "Pod", obj)))
+			require.NoError(t, err)
+			var full corev1.Pod
+			require.NoError(t, unmarshal([]byte(obj), &full))
+			assert.Equal(t, full.Spec, fast.Spec, "same pod as the general path")
+			require.Len(t, fast.Spec.Containers, len(tc.wantEnv))
+			assert.Equal(t, len(tc.wantEnv), cap(fast.Spec.Containers), "containers")
+			for i, n := range tc.wantEnv {
+				e := fast.Spec.Containers[i].Env
+				if n < 0 {
+					assert.Nil(t, e)
+					continue
+				}
+				assert.NotNil(t, e)
+				assert.Len(t, e, n)
+				assert.Equal(t, n, cap(e), "env of container %d", i)
+			}
+		})
+	}
+	// Not an array: the fast path refuses it, the general path explains.
+	h, _ := newTestHandler(t)
+	rec := post(h, "application/json", review("u", "CREATE", "Pod", `{"spec":{"containers":[{"name":"a","env":{}}]}}`))
+	assert.Equal(t, http.StatusBadRequest, rec.Code)
+	assert.Contains(t, rec.Body.String(), "decode request object as a Pod")
 }
