@@ -1,0 +1,91 @@
+// Package tlsrecord makes reads on server connections stop at TLS record
+// boundaries, which keeps crypto/tls's per-connection read buffer small on
+// a server holding many keep-alive connections.
+//
+// crypto/tls reads a record with bytes.Buffer.ReadFrom and asks the
+// connection for as much as its buffer holds. When a peer has sent several
+// records at once (a large admission review is three or four 16 KiB records
+// sent together), the read fills the buffer and runs into the next record;
+// ReadFrom then grows the buffer before it learns it has enough, and the
+// next record's bytes already in it make the following Grow count them
+// twice. Each connection ended up holding a 40 KiB buffer; with reads that
+// stop at the end of the current record it holds 32 KiB, the least
+// bytes.Buffer's doubling allows for 16 KiB records.
+package tlsrecord
+
+import (
+	"net"
+)
+
+// headerLen is the length of a TLS record header: content type, version,
+// and the length of the record that follows.
+const headerLen = 5
+
+// Listener wraps ln so that no read on its connections crosses the end of
+// a TLS record. The bytes are passed on untouched; only how many each Read
+// hands out changes.
+func Listener(ln net.Listener) net.Listener { return listener{ln} }
+
+type listener struct{ net.Listener }
+
+func (l listener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{Conn: c}, nil
+}
+
+// Conn is a connection whose Read returns at most the rest of the current
+// TLS record's header or body.
+//
+// A read of a record's body also asks for the next record's header, so
+// that a record costs one read system call, not two: those (at most five)
+// bytes are kept here and handed out by the next Read.
+type Conn struct {
+	net.Conn
+	left    int             // body bytes of the current record not handed out yet
+	header  [headerLen]byte // the current header, as far as handed out
+	inHead  int             // bytes of header handed out
+	next    [headerLen]byte // bytes read past the record: the next header's start
+	pending []byte          // of next, those not handed out yet
+	err     error           // the error of the read that filled pending
+}
+
+func (c *Conn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if c.left == 0 { // at a header
+		if len(c.pending) > 0 {
+			n := copy(p[:min(len(p), headerLen-c.inHead)], c.pending)
+			c.pending = c.pending[n:]
+			c.sawHeader(p[:n])
+			return n, nil
+		}
+		if c.err != nil {
+			return 0, c.err
+		}
+		n, err := c.Conn.Read(p[:min(len(p), headerLen-c.inHead)])
+		c.sawHeader(p[:n])
+		return n, err
+	}
+	n, err := c.Conn.Read(p[:min(len(p), c.left+headerLen)])
+	if n > c.left {
+		c.pending = c.next[:copy(c.next[:], p[c.left:n])]
+		c.err, err = err, nil
+		n = c.left
+	}
+	c.left -= n
+	return n, err
+}
+
+// sawHeader records header bytes handed out; once the header is complete,
+// the record's body comes next.
+func (c *Conn) sawHeader(b []byte) {
+	c.inHead += copy(c.header[c.inHead:], b)
+	if c.inHead == headerLen {
+		c.inHead = 0
+		c.left = int(c.header[3])<<8 | int(c.header[4])
+	}
+}

@@ -1,0 +1,221 @@
+package tlsrecord
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"math/big"
+	mrand "math/rand/v2"
+	"net"
+	"runtime"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// stream builds TLS-framed records with the given body lengths and
+// returns the bytes and the offsets where each header and body ends.
+func stream(lengths []int) ([]byte, []int) {
+	var b []byte
+	var bounds []int
+	for i, l := range lengths {
+		b = append(b, 23, 3, 3, byte(l>>8), byte(l))
+		bounds = append(bounds, len(b))
+		for j := range l {
+			b = append(b, byte(i+j))
+		}
+		bounds = append(bounds, len(b))
+	}
+	return b, bounds
+}
+
+// greedyConn is a socket with everything already received: each Read
+// returns as much as asked for. With eofWithData, the read that reaches
+// the end also returns io.EOF, as some connections do.
+type greedyConn struct {
+	net.Conn
+	r           *bytes.Reader
+	reads       int
+	eofWithData bool
+}
+
+func (g *greedyConn) Read(p []byte) (int, error) {
+	g.reads++
+	n, err := g.r.Read(p)
+	if err == nil && g.eofWithData && g.r.Len() == 0 {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func TestReadsStopAtRecordBoundaries(t *testing.T) {
+	lengths := []int{517, 0, 1, 1208, 16401, 16401, 5, 0, 14249, 16640, 3}
+	full, bounds := stream(lengths)
+	// The peer may also go away after part of a header.
+	truncated := append(append([]byte{}, full...), 23, 3, 3)
+	for _, data := range [][]byte{full, truncated} {
+		for _, eofWithData := range []bool{false, true} {
+			for _, size := range []int{1, 2, 5, 6, 517, 4096, 16406, 40000} {
+				src := &greedyConn{r: bytes.NewReader(data), eofWithData: eofWithData}
+				c := &Conn{Conn: src}
+				var got []byte
+				p := make([]byte, size)
+				for {
+					n, err := c.Read(p)
+					start := len(got)
+					got = append(got, p[:n]...)
+					if i := sort.SearchInts(bounds, start+1); i < len(bounds) && bounds[i] < len(got) {
+						t.Fatalf("size %d: read [%d,%d) crosses a record boundary at %d", size, start, len(got), bounds[i])
+					}
+					if err != nil {
+						require.ErrorIs(t, err, io.EOF)
+						break
+					}
+					require.NotZero(t, n, "size %d: empty read without an error", size)
+				}
+				require.Equal(t, data, got, "size %d: bytes changed", size)
+				if size == 40000 && len(data) == len(full) {
+					// A body's read also fetches the next header, so each
+					// record costs one read; records without a body (whose
+					// next header is not asked for with it) and the first
+					// header one more each, and one read meets EOF unless
+					// the last data came with it.
+					want := len(lengths) + 2
+					if eofWithData {
+						want--
+					}
+					assert.Equal(t, want, src.reads, "system calls")
+				}
+			}
+		}
+	}
+}
+
+// A record arriving in pieces (a slow peer, small TCP segments) is handed
+// out as it comes, never waiting for more than what was asked.
+func TestPartialReads(t *testing.T) {
+	data, _ := stream([]int{300, 20})
+	server, client := net.Pipe()
+	defer server.Close()
+	go func() {
+		for _, piece := range [][]byte{data[:2], data[2:5], data[5:100], data[100:305], data[305:]} {
+			_, _ = client.Write(piece)
+		}
+		client.Close()
+	}()
+	got, err := io.ReadAll(&Conn{Conn: server})
+	require.NoError(t, err)
+	assert.Equal(t, data, got)
+}
+
+// TestTLSConnectionMemory: connections that each received several large
+// records hold less heap behind the wrapper than without it, and the
+// bytes arrive intact.
+func TestTLSConnectionMemory(t *testing.T) {
+	const conns, request = 32, 47 << 10
+	held := func(wrap bool) uint64 {
+		cert := selfSigned(t)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		defer ln.Close()
+		if wrap {
+			ln = Listener(ln)
+		}
+		tln := tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+		payload := make([]byte, request)
+		_, _ = rand.Read(payload)
+
+		var open []net.Conn
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		defer func() {
+			for _, c := range open {
+				c.Close()
+			}
+		}()
+		go func() {
+			for {
+				c, err := tln.Accept()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				open = append(open, c)
+				mu.Unlock()
+				wg.Go(func() {
+					got := make([]byte, 3*request)
+					if _, err := io.ReadFull(c, got); err != nil {
+						t.Error(err)
+						return
+					}
+					for i := range 3 {
+						if !bytes.Equal(got[i*request:(i+1)*request], payload) {
+							t.Error("payload changed")
+						}
+					}
+				})
+			}
+		}()
+		pool := x509.NewCertPool()
+		pool.AddCert(cert.Leaf)
+		for range conns {
+			wg.Add(1)
+			c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, ServerName: "localhost"})
+			require.NoError(t, err)
+			mu.Lock()
+			open = append(open, c)
+			mu.Unlock()
+			for range 3 { // like API server reviews on a keep-alive connection
+				_, err = c.Write(payload)
+				require.NoError(t, err)
+			}
+			wg.Done()
+		}
+		wg.Wait()
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	var plain, wrapped []uint64
+	for range 3 { // alternated, the least of each: GC timing adds noise
+		plain = append(plain, held(false))
+		wrapped = append(wrapped, held(true))
+	}
+	saved := int64(minOf(plain)) - int64(minOf(wrapped))
+	t.Logf("heap with %d connections: %d bytes plain, %d wrapped: %d bytes less per connection", conns, minOf(plain), minOf(wrapped), saved/conns)
+	assert.Greater(t, saved/conns, int64(4<<10), "a connection's TLS read buffer should be smaller behind the wrapper")
+}
+
+func minOf(v []uint64) uint64 {
+	m := v[0]
+	for _, x := range v[1:] {
+		m = min(m, x)
+	}
+	return m
+}
+
+func selfSigned(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(mrand.Int64()), Subject: pkix.Name{CommonName: "localhost"},
+		DNSNames: []string{"localhost"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	leaf, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+}
