@@ -63,8 +63,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 			c.sawHeader(p[:n])
 			return n, nil
 		}
-		if c.err != nil {
-			return 0, c.err
+		if err := c.err; err != nil {
+			c.err = nil // reported once, as the connection would have
+			return 0, err
 		}
 		n, err := c.Conn.Read(p[:min(len(p), headerLen-c.inHead)])
 		c.sawHeader(p[:n])

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"io"
 	"math/big"
 	mrand "math/rand/v2"
@@ -218,4 +219,47 @@ func selfSigned(t *testing.T) tls.Certificate {
 	leaf, err := x509.ParseCertificate(der)
 	require.NoError(t, err)
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+}
+
+// scriptedConn returns the given reads in turn.
+type scriptedConn struct {
+	net.Conn
+	reads []scripted
+}
+
+type scripted struct {
+	data []byte
+	err  error
+}
+
+func (s *scriptedConn) Read(p []byte) (int, error) {
+	r := s.reads[0]
+	s.reads = s.reads[1:]
+	return copy(p, r.data), r.err
+}
+
+// An error that arrives with the next header's first bytes comes after
+// those bytes, once: a read after a deadline error may go on.
+func TestErrorWithExtraBytesReportedOnce(t *testing.T) {
+	data, _ := stream([]int{3, 2})
+	errTimeout := errors.New("i/o timeout")
+	c := &Conn{Conn: &scriptedConn{reads: []scripted{
+		{data: data[:5]},                    // first header
+		{data: data[5:10], err: errTimeout}, // body and 2 bytes of the next header
+		{data: data[10:13]},                 // the rest of it, after the deadline moved
+		{data: data[13:]},                   // the second body
+	}}}
+	p := make([]byte, 100)
+	var got []byte
+	var errs []error
+	for len(got) < len(data) {
+		n, err := c.Read(p)
+		got = append(got, p[:n]...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		require.Less(t, len(errs), 3, "error repeated")
+	}
+	assert.Equal(t, data, got)
+	assert.Equal(t, []error{errTimeout}, errs)
 }
