@@ -266,3 +266,15 @@ func TestFastPathTaken(t *testing.T) {
 	_, ok = appendContainer(nil, &corev1.Container{Name: "c", Command: []string{"x"}})
 	assert.False(t, ok, "a field the fast path does not write")
 }
+
+// TestAppendStringEveryByte: every byte value, alone and amid plain text,
+// is quoted exactly as encoding/json quotes it.
+func TestAppendStringEveryByte(t *testing.T) {
+	for c := range 256 {
+		for _, s := range []string{string([]byte{byte(c)}), "ab" + string([]byte{byte(c)}) + "cd"} {
+			want, err := json.Marshal(s)
+			require.NoError(t, err)
+			assert.Equal(t, string(want), string(appendString(nil, s)), "byte %#x", c)
+		}
+	}
+}
