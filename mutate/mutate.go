@@ -17,7 +17,7 @@ import (
 // injected and skipped. It never modifies pod; to stay cheap on the admission
 // hot path the result shares the parts it did not change (user env vars,
 // resources, ...) with pod, and its containers share the sources of the
-// injected pod-level env vars, so DeepCopy the result before changing it.
+// injected env vars, so DeepCopy the result before changing it.
 //
 // A pod without the label podmeta.io/inject="true" is returned as is (same
 // pointer) with Report.OptedIn false. An invalid podmeta annotation yields

@@ -40,8 +40,14 @@ func (l listener) Accept() (net.Conn, error) {
 // TLS record's header or body.
 //
 // A read of a record's body also asks for the next record's header, so
-// that a record costs one read system call, not two: those (at most five)
-// bytes are kept here and handed out by the next Read.
+// that records sent together cost one read system call each, not two:
+// those (at most five) bytes are kept here and handed out by the next
+// Read. A record that arrives alone (a review's only record, HTTP/2
+// control frames) costs two: its header, then its body.
+//
+// crypto/tls never finds the next record in its buffer, so it no longer
+// notices a close_notify alert that arrived right behind application data
+// until the next read; a server loses nothing by that.
 type Conn struct {
 	net.Conn
 	left    int             // body bytes of the current record not handed out yet
@@ -49,7 +55,7 @@ type Conn struct {
 	inHead  int             // bytes of header handed out
 	next    [headerLen]byte // bytes read past the record: the next header's start
 	pending []byte          // of next, those not handed out yet
-	err     error           // the error of the read that filled pending
+	err     error           // came with pending: returned with its last byte
 }
 
 func (c *Conn) Read(p []byte) (int, error) {
@@ -61,11 +67,11 @@ func (c *Conn) Read(p []byte) (int, error) {
 			n := copy(p[:min(len(p), headerLen-c.inHead)], c.pending)
 			c.pending = c.pending[n:]
 			c.sawHeader(p[:n])
-			return n, nil
-		}
-		if err := c.err; err != nil {
-			c.err = nil // reported once, as the connection would have
-			return 0, err
+			var err error
+			if len(c.pending) == 0 {
+				err, c.err = c.err, nil // after the bytes it came with, once
+			}
+			return n, err
 		}
 		n, err := c.Conn.Read(p[:min(len(p), headerLen-c.inHead)])
 		c.sawHeader(p[:n])
