@@ -31,6 +31,7 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	warmup := fs.Duration("warmup", time.Second, "not measured at the start of the run")
 	timeout := fs.Duration("timeout", 10*time.Second, "per request")
 	reconnect := fs.Int("reconnect-every", 0, "close each connection after this many requests (0: keep-alive)")
+	h2 := fs.Bool("http2", false, "send the reviews as concurrent streams of one HTTP/2 connection, as the API server does, instead of one HTTP/1.1 connection per worker")
 	null := fs.Bool("null", false, "the target is the null baseline: expect no patch")
 	pid := fs.Int("pid", 0, "server PID: report its CPU time per request and peak RSS")
 	jsonOut := fs.String("json", "", "also write the result as JSON to this file")
@@ -59,7 +60,7 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	m, err := scenario.Measure(ctx, name, load.Config{
 		URL: *url, RootCAs: roots, Review: review, ExpectPatch: !*null,
 		Workers: *workers, Duration: *duration, Count: *count, Rate: *rate, Warmup: *warmup,
-		Timeout: *timeout, ReconnectEvery: *reconnect,
+		Timeout: *timeout, ReconnectEvery: *reconnect, HTTP2: *h2,
 	}, *pid)
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
@@ -151,6 +152,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	warmup := fs.Duration("warmup", time.Second, "not measured at the start of each measurement")
 	rounds := fs.Int("rounds", 3, "measurements per target and scenario, interleaved; medians are reported")
 	readyRuns := fs.Int("ready-runs", 7, "process starts timed per target")
+	h2 := fs.Bool("http2", false, "each measurement's workers share one HTTP/2 connection, as the API server's reviews do, instead of one HTTP/1.1 connection each (issue 6's targets are for HTTP/1.1)")
 	check := fs.Bool("check", false, "exit non-zero when a target of issue 6 is missed")
 	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
 	if err := fs.Parse(args); err != nil {
@@ -171,7 +173,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer cleanup()
 	rep, err := scenario.Bench(ctx, env, scenario.BenchConfig{
 		Servers: servers, Pods: pods, Workers: workers, Duration: *duration, Warmup: *warmup,
-		Rounds: *rounds, ReadyRuns: *readyRuns, Progress: stderr,
+		Rounds: *rounds, ReadyRuns: *readyRuns, HTTP2: *h2, Progress: stderr,
 	})
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)

@@ -72,8 +72,12 @@ func printMeasurements(w io.Writer, ms ...*scenario.Measurement) {
 
 func printBench(w io.Writer, rep *scenario.BenchReport) {
 	m := rep.Machine
-	fmt.Fprintf(w, "machine: %s, Linux %s, %s; servers on CPU %d, generator on CPUs %s; load average at start %s\n\n",
-		m.CPU, m.Kernel, m.GoVersion, rep.ServerPinned, m.Affinity, m.LoadAvg)
+	proto := "HTTP/1.1, a keep-alive connection per worker"
+	if rep.Config.HTTP2 {
+		proto = "HTTP/2, the workers' reviews as streams of one connection"
+	}
+	fmt.Fprintf(w, "machine: %s, Linux %s, %s; servers on CPU %d, generator on CPUs %s; load average at start %s\n%s\n\n",
+		m.CPU, m.Kernel, m.GoVersion, rep.ServerPinned, m.Affinity, m.LoadAvg, proto)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "pod\tworkers\tnull req/s\twebhook req/s\tratio\tnull p99\twebhook p99\tratio\tnull cpu/req\twebhook cpu/req\tratio\tgen util\tfailures\t")
 	for _, r := range rep.Rows {

@@ -78,6 +78,12 @@ type Config struct {
 	Warmup   time.Duration // requests started before this are not measured
 	Timeout  time.Duration // per request, default 10s
 
+	// HTTP2 sends the reviews as the API server does by default: as
+	// concurrent streams of one HTTP/2 connection (Workers of them),
+	// instead of one HTTP/1.1 keep-alive connection per worker. Only for
+	// plain load: not with ReconnectEvery or Hold.
+	HTTP2 bool
+
 	// ReconnectEvery closes a worker's connection after that many requests
 	// (0: keep it), so a run opens new connections throughout, e.g. to see
 	// rotated certificates.
@@ -217,6 +223,9 @@ func (c *Config) validate() (Target, error) {
 	if c.Timeout == 0 {
 		c.Timeout = 10 * time.Second
 	}
+	if c.HTTP2 && (c.ReconnectEvery > 0 || c.Hold != nil) {
+		return t, errors.New("HTTP/2 load keeps one connection: not with reconnects or holds")
+	}
 	return t, nil
 }
 
@@ -257,10 +266,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		// No session cache: a resumed session shows the old certificate,
 		// and the apiserver's transport does full handshakes anyway.
 	}
+	var h2 *http.Client
+	if cfg.HTTP2 {
+		h2 = http2Client(&cfg, t, tlsConf, &conns)
+		defer h2.CloseIdleConnections()
+	}
 	results := make([]*Result, cfg.Workers)
 	var wg sync.WaitGroup
 	for i := range cfg.Workers {
-		w := &worker{
+		w := &worker{h2: h2,
 			cfg: &cfg, target: t, tlsConf: tlsConf, measureFrom: measureFrom, end: start.Add(cfg.Duration), conns: &conns,
 			res: &Result{Errors: map[string]int64{}, Samples: map[string]string{}},
 			val: validator{review: cfg.Review, expectPatch: cfg.ExpectPatch},
@@ -322,6 +336,8 @@ type worker struct {
 
 	interval time.Duration // rate mode: time between this worker's requests
 	next     time.Time
+
+	h2 *http.Client // HTTP/2 mode: the client all workers share
 
 	conn   *tls.Conn
 	raw    *countingConn   // bytes off the socket
@@ -401,6 +417,9 @@ func (w *worker) run(ctx context.Context, issued *atomic.Int64) {
 // do sends one review and validates the answer. It returns the error kind
 // ("" for success) and the latency of a successful request.
 func (w *worker) do(ctx context.Context) (time.Duration, string, error) {
+	if w.h2 != nil {
+		return w.doHTTP2(ctx)
+	}
 	if w.conn != nil && w.served > 0 && w.closedByPeer() {
 		w.closeConn()
 	}

@@ -20,8 +20,9 @@ type BenchConfig struct {
 	Workers   []int         // concurrency levels
 	Duration  time.Duration // per measurement, warmup included
 	Warmup    time.Duration
-	Rounds    int // measurements per target and scenario; the median is reported
-	ReadyRuns int // process starts timed per target
+	Rounds    int  // measurements per target and scenario; the median is reported
+	ReadyRuns int  // process starts timed per target
+	HTTP2     bool // the workers share one HTTP/2 connection (load.Config.HTTP2)
 	Progress  io.Writer
 }
 
@@ -141,7 +142,7 @@ func Bench(ctx context.Context, e *Env, cfg BenchConfig) (*BenchReport, error) {
 				for _, name := range targets {
 					m, err := Measure(ctx, name, load.Config{
 						URL: procs[name].URL, RootCAs: e.Roots, Review: review, ExpectPatch: name == Webhook,
-						Workers: workers, Duration: cfg.Duration, Warmup: cfg.Warmup,
+						Workers: workers, Duration: cfg.Duration, Warmup: cfg.Warmup, HTTP2: cfg.HTTP2,
 					}, procs[name].PID)
 					if err != nil {
 						return nil, err

@@ -1,0 +1,91 @@
+package load
+
+import (
+	"context"
+	"crypto/tls"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/podmeta/podmeta/internal/testcerts"
+)
+
+// h2server is server with HTTP/2 offered (ALPN h2, then http/1.1).
+func h2server(t *testing.T, h http.Handler, http2 bool) (*httptest.Server, *testcerts.CA) {
+	t.Helper()
+	ca, err := testcerts.NewCA()
+	require.NoError(t, err)
+	s, err := ca.Issue("podmeta-webhook", time.Hour)
+	require.NoError(t, err)
+	pair, err := tls.X509KeyPair(s.CertPEM, s.KeyPEM)
+	require.NoError(t, err)
+	srv := httptest.NewUnstartedServer(h)
+	srv.EnableHTTP2 = http2
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv, ca
+}
+
+func TestHTTP2(t *testing.T) {
+	var h2, other atomic.Int64
+	null := nullHandler(t)
+	srv, ca := h2server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 {
+			h2.Add(1)
+		} else {
+			other.Add(1)
+		}
+		null.ServeHTTP(w, r)
+	}), true)
+	res, err := Run(context.Background(), Config{
+		URL: srv.URL + "/mutate", RootCAs: ca.Pool(), Review: review(t, "medium"),
+		Workers: 8, Count: 200, Duration: 30 * time.Second, HTTP2: true,
+	})
+	require.NoError(t, err)
+	assert.Equal(t, int64(200), res.OK, "errors: %v", res.Samples)
+	assert.Empty(t, res.Errors)
+	assert.Equal(t, int64(1), res.Conns, "the workers share one connection")
+	assert.Equal(t, int64(200), h2.Load(), "every review went over HTTP/2")
+	assert.Zero(t, other.Load())
+}
+
+// The answers are checked as over HTTP/1.1.
+func TestHTTP2Validates(t *testing.T) {
+	srv, ca := h2server(t, fake(func(uid string, w http.ResponseWriter) { respond(w, uid+"x", true, goodPatch) }), true)
+	res, err := Run(context.Background(), Config{
+		URL: srv.URL, RootCAs: ca.Pool(), Review: review(t, "small"), ExpectPatch: true,
+		Workers: 2, Count: 10, HTTP2: true,
+	})
+	require.NoError(t, err)
+	assert.Equal(t, map[string]int64{ErrUID: 10}, res.Errors)
+}
+
+// A server without HTTP/2 fails the run rather than being measured over
+// HTTP/1.1 under an HTTP/2 label.
+func TestHTTP2Required(t *testing.T) {
+	srv, ca := h2server(t, nullHandler(t), false)
+	res, err := Run(context.Background(), Config{
+		URL: srv.URL, RootCAs: ca.Pool(), Review: review(t, "small"), Workers: 1, Count: 3, HTTP2: true,
+	})
+	require.NoError(t, err)
+	assert.Zero(t, res.OK)
+	assert.Equal(t, map[string]int64{ErrHandshake: 3}, res.Errors, "errors: %v", res.Samples)
+}
+
+func TestHTTP2Config(t *testing.T) {
+	srv, ca := h2server(t, nullHandler(t), true)
+	for name, cfg := range map[string]Config{
+		"reconnects": {ReconnectEvery: 5},
+		"hold":       {Hold: func() bool { return false }},
+	} {
+		cfg.URL, cfg.RootCAs, cfg.Review, cfg.HTTP2 = srv.URL, ca.Pool(), review(t, "small"), true
+		_, err := Run(context.Background(), cfg)
+		assert.ErrorContains(t, err, "HTTP/2", name)
+	}
+}
