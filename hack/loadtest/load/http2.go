@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -17,8 +18,13 @@ import (
 
 // http2Client is the HTTP/2 mode's client: one connection (Go's transport
 // puts concurrent requests on one HTTP/2 connection, as kube-apiserver's
-// webhook client does), counted in conns when it is made.
-func http2Client(cfg *Config, t Target, tlsConf *tls.Config, conns *atomic.Int64) *http.Client {
+// webhook client does), counted in conns when it is made. closeAll closes
+// its connections at the end of a run, also one with streams that the
+// run's end cancelled, which CloseIdleConnections would leave open (and a
+// server being stopped would then wait for).
+func http2Client(cfg *Config, t Target, tlsConf *tls.Config, conns *atomic.Int64) (c *http.Client, closeAll func()) {
+	var mu sync.Mutex
+	var open []net.Conn
 	tr := &http.Transport{
 		TLSClientConfig:     tlsConf.Clone(),
 		ForceAttemptHTTP2:   true,
@@ -30,13 +36,23 @@ func http2Client(cfg *Config, t Target, tlsConf *tls.Config, conns *atomic.Int64
 			c, err := d.DialContext(ctx, "tcp", t.Addr)
 			if err == nil {
 				conns.Add(1)
+				mu.Lock()
+				open = append(open, c)
+				mu.Unlock()
 			}
 			return c, err
 		},
 	}
 	tr.Protocols = new(http.Protocols)
 	tr.Protocols.SetHTTP2(true) // HTTP/2 only: never fall back to HTTP/1.1
-	return &http.Client{Transport: tr, Timeout: cfg.Timeout}
+	return &http.Client{Transport: tr, Timeout: cfg.Timeout}, func() {
+		tr.CloseIdleConnections()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range open {
+			c.Close()
+		}
+	}
 }
 
 // doHTTP2 sends one review on the shared HTTP/2 connection and validates

@@ -3,6 +3,7 @@ package load
 import (
 	"context"
 	"crypto/tls"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -16,7 +17,7 @@ import (
 )
 
 // h2server is server with HTTP/2 offered (ALPN h2, then http/1.1).
-func h2server(t *testing.T, h http.Handler, http2 bool) (*httptest.Server, *testcerts.CA) {
+func h2server(t *testing.T, h http.Handler, http2 bool, opts ...func(*httptest.Server)) (*httptest.Server, *testcerts.CA) {
 	t.Helper()
 	ca, err := testcerts.NewCA()
 	require.NoError(t, err)
@@ -27,6 +28,9 @@ func h2server(t *testing.T, h http.Handler, http2 bool) (*httptest.Server, *test
 	srv := httptest.NewUnstartedServer(h)
 	srv.EnableHTTP2 = http2
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	for _, o := range opts {
+		o(srv)
+	}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	return srv, ca
@@ -56,6 +60,34 @@ func TestHTTP2(t *testing.T) {
 }
 
 // The answers are checked as over HTTP/1.1.
+// A run ended by its duration, with streams in flight, leaves no
+// connection open: a server stopped right after would wait for it.
+func TestHTTP2ClosesConnection(t *testing.T) {
+	var open atomic.Int64
+	null := nullHandler(t)
+	srv, ca := h2server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(5 * time.Millisecond) // streams are in flight when the run ends
+		null.ServeHTTP(w, r)
+	}), true, func(s *httptest.Server) {
+		s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				open.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				open.Add(-1)
+			}
+		}
+	})
+	res, err := Run(context.Background(), Config{
+		URL: srv.URL, RootCAs: ca.Pool(), Review: review(t, "small"), Workers: 16,
+		Duration: 300 * time.Millisecond, Warmup: 100 * time.Millisecond, HTTP2: true,
+	})
+	require.NoError(t, err)
+	assert.Positive(t, res.OK)
+	assert.Eventually(t, func() bool { return open.Load() == 0 }, 500*time.Millisecond, 5*time.Millisecond,
+		"connections left open: %d", open.Load())
+}
+
 func TestHTTP2Validates(t *testing.T) {
 	srv, ca := h2server(t, fake(func(uid string, w http.ResponseWriter) { respond(w, uid+"x", true, goodPatch) }), true)
 	res, err := Run(context.Background(), Config{

@@ -268,8 +268,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	var h2 *http.Client
 	if cfg.HTTP2 {
-		h2 = http2Client(&cfg, t, tlsConf, &conns)
-		defer h2.CloseIdleConnections()
+		var closeAll func()
+		h2, closeAll = http2Client(&cfg, t, tlsConf, &conns)
+		defer closeAll()
 	}
 	results := make([]*Result, cfg.Workers)
 	var wg sync.WaitGroup
