@@ -14,7 +14,9 @@
 package tlsrecord
 
 import (
+	"crypto/tls"
 	"net"
+	"sync/atomic"
 )
 
 // headerLen is the length of a TLS record header: content type, version,
@@ -56,21 +58,47 @@ type Conn struct {
 	next    [headerLen]byte // bytes read past the record: the next header's start
 	pending []byte          // of next, those not handed out yet
 	err     error           // came with pending: returned with its last byte
+
+	decided bool        // ReadAheadIfHTTP2 looked at this connection
+	ahead   atomic.Bool // reads are no longer limited
+}
+
+// ReadAheadIfHTTP2 lifts the limit on the reads of c, a *tls.Conn over a
+// Conn, once c negotiated HTTP/2, and does nothing otherwise (call it once
+// the handshake is done, e.g. from http.Server.ConnState on StateActive;
+// later calls cost a type check). An HTTP/2 client sends its streams' frames
+// as many small records on one connection: reading them one by one cost a
+// read system call each (3.5 per review instead of 0.9), to save 8 KiB on
+// the one connection an API server opens.
+func ReadAheadIfHTTP2(c net.Conn) {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return
+	}
+	rc, ok := tc.NetConn().(*Conn)
+	if !ok || rc.decided {
+		return
+	}
+	rc.decided = true
+	if tc.ConnectionState().NegotiatedProtocol == "h2" {
+		rc.ahead.Store(true)
+	}
 }
 
 func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if c.ahead.Load() {
+		if len(c.pending) > 0 { // read before the limit was lifted
+			return c.handPending(p, len(p))
+		}
+		return c.Conn.Read(p)
+	}
 	if c.left == 0 { // at a header
 		if len(c.pending) > 0 {
-			n := copy(p[:min(len(p), headerLen-c.inHead)], c.pending)
-			c.pending = c.pending[n:]
+			n, err := c.handPending(p, headerLen-c.inHead)
 			c.sawHeader(p[:n])
-			var err error
-			if len(c.pending) == 0 {
-				err, c.err = c.err, nil // after the bytes it came with, once
-			}
 			return n, err
 		}
 		n, err := c.Conn.Read(p[:min(len(p), headerLen-c.inHead)])
@@ -84,6 +112,18 @@ func (c *Conn) Read(p []byte) (int, error) {
 		n = c.left
 	}
 	c.left -= n
+	return n, err
+}
+
+// handPending hands out up to limit of the bytes read past the last record,
+// and the error that came with them after the last of them, once.
+func (c *Conn) handPending(p []byte, limit int) (int, error) {
+	n := copy(p[:min(len(p), limit)], c.pending)
+	c.pending = c.pending[n:]
+	var err error
+	if len(c.pending) == 0 {
+		err, c.err = c.err, nil
+	}
 	return n, err
 }
 

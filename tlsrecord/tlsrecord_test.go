@@ -2,17 +2,21 @@ package tlsrecord
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	mrand "math/rand/v2"
 	"net"
+	"net/http"
 	"runtime"
 	"slices"
 	"sort"
@@ -278,5 +282,58 @@ func TestErrorWithExtraBytes(t *testing.T) {
 			assert.Equal(t, data, got)
 			assert.Equal(t, tc.want, results)
 		})
+	}
+}
+
+// Behind an http.Server that calls ReadAheadIfHTTP2, HTTP/2 connections
+// read ahead and HTTP/1.1 ones stay limited; bodies arrive intact on both.
+func TestReadAheadIfHTTP2(t *testing.T) {
+	cert := selfSigned(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	type connKey struct{}
+	srv := &http.Server{
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c)
+		},
+		ConnState: func(c net.Conn, s http.ConnState) {
+			if s == http.StateActive {
+				ReadAheadIfHTTP2(c)
+			}
+		},
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			rc := r.Context().Value(connKey{}).(*tls.Conn).NetConn().(*Conn)
+			sum := sha256.New()
+			_, _ = io.Copy(sum, r.Body)
+			fmt.Fprintf(w, "%s %v %x", r.Proto, rc.ahead.Load(), sum.Sum(nil))
+		}),
+	}
+	go func() { _ = srv.ServeTLS(Listener(ln), "", "") }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	body := make([]byte, 100<<10) // several records
+	_, _ = rand.Read(body)
+	want := sha256.Sum256(body)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert.Leaf)
+	for _, h2 := range []bool{true, false} {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}, ForceAttemptHTTP2: h2}
+		if !h2 {
+			tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+		}
+		for range 3 {
+			resp, err := (&http.Client{Transport: tr}).Post("https://"+ln.Addr().String()+"/", "application/octet-stream", bytes.NewReader(body))
+			require.NoError(t, err)
+			got, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			require.NoError(t, err)
+			proto := "HTTP/1.1"
+			if h2 {
+				proto = "HTTP/2.0"
+			}
+			assert.Equal(t, fmt.Sprintf("%s %v %x", proto, h2, want), string(got))
+		}
+		tr.CloseIdleConnections()
 	}
 }

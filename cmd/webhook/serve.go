@@ -190,6 +190,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		// TLS handshake failures land here: warn, they usually mean a
 		// caBundle that does not match the serving certificate.
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// Over HTTP/2 (one connection per API server) reads need not stop
+		// at TLS records (see tlsrecord).
+		ConnState: func(c net.Conn, s http.ConnState) {
+			if s == http.StateActive {
+				tlsrecord.ReadAheadIfHTTP2(c)
+			}
+		},
 	}
 
 	errc := make(chan error, 2)
