@@ -65,8 +65,8 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
-	fmt.Fprintf(stdout, "%s: %s pod (%d-byte review), %d workers, %d connections, %s measured\n",
-		*url, *pod, review.Len(), *workers, m.Conns, m.Elapsed.Round(time.Millisecond))
+	fmt.Fprintf(stdout, "%s: %s pod (%d-byte review), %d workers, %s, %d connections, %s measured\n",
+		*url, *pod, review.Len(), *workers, m.Protocol, m.Conns, m.Elapsed.Round(time.Millisecond))
 	printMeasurements(stdout, m)
 	if err := writeJSON(*jsonOut, m); err != nil {
 		return err
@@ -162,6 +162,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if _, err := corpus.Pod(p); err != nil {
 			return fmt.Errorf("bench: %w", err)
 		}
+	}
+	if *check && *h2 {
+		return fmt.Errorf("bench: --check applies issue 6's targets, which are stated for HTTP/1.1: not with --http2")
 	}
 	if *duration > 10*time.Minute || *rounds > 20 || *readyRuns > 50 {
 		return fmt.Errorf("bench: at most 10m per measurement, 20 rounds, 50 ready runs")

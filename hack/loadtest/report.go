@@ -73,7 +73,7 @@ func printMeasurements(w io.Writer, ms ...*scenario.Measurement) {
 func printBench(w io.Writer, rep *scenario.BenchReport) {
 	m := rep.Machine
 	proto := "HTTP/1.1, a keep-alive connection per worker"
-	if rep.Config.HTTP2 {
+	if rep.Protocol == "HTTP/2" {
 		proto = "HTTP/2, the workers' reviews as streams of one connection"
 	}
 	fmt.Fprintf(w, "machine: %s, Linux %s, %s; servers on CPU %d, generator on CPUs %s; load average at start %s\n%s\n\n",

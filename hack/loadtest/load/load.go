@@ -8,6 +8,9 @@
 // request goroutine hand-offs would make it the bottleneck, and owning the
 // connection lets it tell a request the server never read (refused, or its
 // idle connection closed with a TLS close_notify) from one it dropped.
+//
+// With Config.HTTP2 the workers instead share one HTTP/2 connection through
+// http.Transport, as kube-apiserver's webhook client does (http2.go).
 package load
 
 import (
@@ -118,8 +121,9 @@ type ConnInfo struct {
 
 // Result is what a run measured. Durations are in nanoseconds in JSON.
 type Result struct {
-	Requests int64 `json:"requests"` // measured requests, including failed ones
-	OK       int64 `json:"ok"`
+	Protocol string `json:"protocol"` // HTTP/1.1, or HTTP/2 with Config.HTTP2
+	Requests int64  `json:"requests"` // measured requests, including failed ones
+	OK       int64  `json:"ok"`
 	// CloseAnswers counts valid answers that carried "Connection: close".
 	CloseAnswers int64             `json:"closeAnswers"`
 	Errors       map[string]int64  `json:"errors,omitempty"`
@@ -223,8 +227,11 @@ func (c *Config) validate() (Target, error) {
 	if c.Timeout == 0 {
 		c.Timeout = 10 * time.Second
 	}
-	if c.HTTP2 && (c.ReconnectEvery > 0 || c.Hold != nil) {
-		return t, errors.New("HTTP/2 load keeps one connection: not with reconnects or holds")
+	if c.HTTP2 && (c.ReconnectEvery > 0 || c.Hold != nil || c.OnConn != nil) {
+		return t, errors.New("HTTP/2 load keeps one connection: not with reconnects, holds or connection hooks")
+	}
+	if c.HTTP2 && c.Workers > MaxHTTP2Workers {
+		return t, fmt.Errorf("workers %d over HTTP/2: want 1..%d, the streams a connection is sure to allow (past them Go's transport opens another connection)", c.Workers, MaxHTTP2Workers)
 	}
 	return t, nil
 }
@@ -296,7 +303,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		cfg.OnMeasure(false)
 	}
 
-	total := &Result{Errors: map[string]int64{}, Samples: map[string]string{}}
+	total := &Result{Protocol: "HTTP/1.1", Errors: map[string]int64{}, Samples: map[string]string{}}
+	if cfg.HTTP2 {
+		total.Protocol = "HTTP/2"
+	}
 	for _, r := range results {
 		total.Requests += r.Requests
 		total.OK += r.OK

@@ -69,6 +69,7 @@ func testNullServer(t *testing.T, decoder string) {
 	assert.Equal(t, int64(200), res.OK, "errors: %v", res.Samples)
 	assert.Empty(t, res.Errors)
 	assert.Equal(t, int64(4), res.Conns, "one keep-alive connection per worker")
+	assert.Equal(t, "HTTP/1.1", res.Protocol)
 	assert.Equal(t, int64(4), conns.Load())
 	assert.Equal(t, []bool{true, false}, measured)
 	l := res.Latency

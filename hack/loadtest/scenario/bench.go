@@ -57,6 +57,7 @@ type Row struct {
 // BenchReport is the whole benchmark.
 type BenchReport struct {
 	Machine     Machine                    `json:"machine"`
+	Protocol    string                     `json:"protocol"` // HTTP/1.1, or HTTP/2 with BenchConfig.HTTP2
 	Config      BenchConfig                `json:"-"`
 	Pairs       []Pair                     `json:"runs"`
 	Rows        []Row                      `json:"summary"`
@@ -87,9 +88,12 @@ func Bench(ctx context.Context, e *Env, cfg BenchConfig) (*BenchReport, error) {
 		cfg.Rounds = 1
 	}
 	rep := &BenchReport{
-		Machine: DescribeMachine(), Config: cfg, ServerPinned: cfg.Servers.CPU,
+		Machine: DescribeMachine(), Config: cfg, ServerPinned: cfg.Servers.CPU, Protocol: "HTTP/1.1",
 		Ready: map[string][]time.Duration{}, ReadyMedian: map[string]time.Duration{},
 		PeakRSS: map[string]int64{}, PrivateRSS: map[string]int64{}, Shutdown: map[string]time.Duration{},
+	}
+	if cfg.HTTP2 {
+		rep.Protocol = "HTTP/2"
 	}
 	progress := func(format string, a ...any) {
 		if cfg.Progress != nil {
