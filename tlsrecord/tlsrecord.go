@@ -44,8 +44,10 @@ func (l listener) Accept() (net.Conn, error) {
 // A read of a record's body also asks for the next record's header, so
 // that records sent together cost one read system call each, not two:
 // those (at most five) bytes are kept here and handed out by the next
-// Read. A record that arrives alone (a review's only record, HTTP/2
-// control frames) costs two: its header, then its body.
+// Read. A record that arrives alone (a review's only record) costs two:
+// its header, then its body. Over HTTP/2 most records arrive alone (small
+// frames of many streams), which is why ReadAheadIfHTTP2 lifts the limit
+// there.
 //
 // crypto/tls never finds the next record in its buffer, so it no longer
 // notices a close_notify alert that arrived right behind application data
