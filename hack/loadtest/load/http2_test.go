@@ -2,7 +2,6 @@ package load
 
 import (
 	"context"
-	"crypto/tls"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -16,24 +15,10 @@ import (
 	"github.com/podmeta/podmeta/internal/testcerts"
 )
 
-// h2server is server with HTTP/2 offered (ALPN h2, then http/1.1).
+// h2server is server with HTTP/2 offered (ALPN h2, then http/1.1) or not.
 func h2server(t *testing.T, h http.Handler, http2 bool, opts ...func(*httptest.Server)) (*httptest.Server, *testcerts.CA) {
 	t.Helper()
-	ca, err := testcerts.NewCA()
-	require.NoError(t, err)
-	s, err := ca.Issue("podmeta-webhook", time.Hour)
-	require.NoError(t, err)
-	pair, err := tls.X509KeyPair(s.CertPEM, s.KeyPEM)
-	require.NoError(t, err)
-	srv := httptest.NewUnstartedServer(h)
-	srv.EnableHTTP2 = http2
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
-	for _, o := range opts {
-		o(srv)
-	}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	return srv, ca
+	return server(t, h, append([]func(*httptest.Server){func(s *httptest.Server) { s.EnableHTTP2 = http2 }}, opts...)...)
 }
 
 func TestHTTP2(t *testing.T) {

@@ -21,8 +21,9 @@ import (
 	"github.com/podmeta/podmeta/internal/testcerts"
 )
 
-// server starts h over TLS on 127.0.0.1 with a certificate from a fresh CA.
-func server(t *testing.T, h http.Handler) (*httptest.Server, *testcerts.CA) {
+// server starts h over TLS on 127.0.0.1 with a certificate from a fresh CA;
+// opts adjust the server before it starts.
+func server(t *testing.T, h http.Handler, opts ...func(*httptest.Server)) (*httptest.Server, *testcerts.CA) {
 	t.Helper()
 	ca, err := testcerts.NewCA()
 	require.NoError(t, err)
@@ -32,6 +33,9 @@ func server(t *testing.T, h http.Handler) (*httptest.Server, *testcerts.CA) {
 	require.NoError(t, err)
 	srv := httptest.NewUnstartedServer(h)
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	for _, o := range opts {
+		o(srv)
+	}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	return srv, ca
