@@ -6,12 +6,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/podmeta/podmeta/hack/loadtest/corpus"
@@ -38,30 +36,11 @@ func http2Client(cfg *Config, t Target, tlsConf *tls.Config, conns *atomic.Int64
 		ForceAttemptHTTP2:  true,
 		MaxConnsPerHost:    1, // the workers starting at once would each dial
 		DisableCompression: true,
-		// Dial and handshake here, to sort their failures as dial does.
+		// Connect as dial does, to sort failures alike.
 		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			d := net.Dialer{Timeout: cfg.Timeout}
-			raw, err := d.DialContext(ctx, "tcp", t.Addr)
+			tc, kind, err := connect(ctx, t.Addr, cfg.Timeout, conf, nil)
 			if err != nil {
-				kind := ErrDial
-				switch {
-				case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET):
-					kind = ErrRefused
-				case isTimeout(err):
-					kind = ErrTimeout
-				}
 				return nil, &connectError{kind, err}
-			}
-			tc := tls.Client(raw, conf)
-			hctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
-			defer cancel()
-			if err := tc.HandshakeContext(hctx); err != nil {
-				raw.Close()
-				kind := ErrHandshake
-				if isReset(err) || errors.Is(err, io.EOF) {
-					kind = ErrRefused // into the backlog of a listener that then closed
-				}
-				return nil, &connectError{kind, fmt.Errorf("tls handshake: %w", err)}
 			}
 			conns.Add(1)
 			mu.Lock()

@@ -529,31 +529,13 @@ func (w *worker) classifyReadErr(err error, rawBefore, plainBefore int64) string
 }
 
 func (w *worker) dial(ctx context.Context) (string, error) {
-	d := net.Dialer{Timeout: w.cfg.Timeout}
 	start := time.Now()
-	c, err := d.DialContext(ctx, "tcp", w.target.Addr)
+	tc, kind, err := connect(ctx, w.target.Addr, w.cfg.Timeout, w.tlsConf, func(c net.Conn) net.Conn {
+		w.raw = &countingConn{Conn: c}
+		return w.raw
+	})
 	if err != nil {
-		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) {
-			// Reset: a listener closed with our SYN in its backlog.
-			return ErrRefused, err
-		}
-		if isTimeout(err) {
-			return ErrTimeout, err
-		}
-		return ErrDial, err
-	}
-	w.raw = &countingConn{Conn: c}
-	tc := tls.Client(w.raw, w.tlsConf)
-	hctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
-	defer cancel()
-	if err := tc.HandshakeContext(hctx); err != nil {
-		c.Close()
-		if isReset(err) || errors.Is(err, io.EOF) {
-			// Connected into the backlog of a listener that then closed:
-			// the server never accepted the connection.
-			return ErrRefused, fmt.Errorf("tls handshake: %w", err)
-		}
-		return ErrHandshake, fmt.Errorf("tls handshake: %w", err)
+		return kind, err
 	}
 	w.conns.Add(1)
 	if w.cfg.OnConn != nil {
@@ -568,6 +550,41 @@ func (w *worker) dial(ctx context.Context) (string, error) {
 		w.br.Reset(w.plain)
 	}
 	return "", nil
+}
+
+// connect dials addr and makes the TLS handshake (wrap, if set, wraps the
+// TCP connection first), and sorts a failure into the kinds of
+// Result.Errors: both protocols' connections are made here.
+func connect(ctx context.Context, addr string, timeout time.Duration, conf *tls.Config, wrap func(net.Conn) net.Conn) (*tls.Conn, string, error) {
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) {
+			// Reset: a listener closed with our SYN in its backlog.
+			return nil, ErrRefused, err
+		}
+		if isTimeout(err) {
+			return nil, ErrTimeout, err
+		}
+		return nil, ErrDial, err
+	}
+	var conn net.Conn = c
+	if wrap != nil {
+		conn = wrap(c)
+	}
+	tc := tls.Client(conn, conf)
+	hctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		c.Close()
+		if isReset(err) || errors.Is(err, io.EOF) {
+			// Connected into the backlog of a listener that then closed:
+			// the server never accepted the connection.
+			return nil, ErrRefused, fmt.Errorf("tls handshake: %w", err)
+		}
+		return nil, ErrHandshake, fmt.Errorf("tls handshake: %w", err)
+	}
+	return tc, "", nil
 }
 
 // closedByPeer reports whether the connection already holds the server's
