@@ -1,0 +1,164 @@
+package admission
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// handDecodeSeeds are reviews whose pods have every member the hand
+// decoders name, in the shapes they must take or refuse: null, escapes,
+// the wrong type, numbers that are no int32, duplicates, members they
+// leave to jsonv2 (other env sources, a container's restart policy) and
+// members no type has.
+var handDecodeSeeds = []string{
+	review("u", "CREATE", "Pod", optedInPod),
+	review("u", "CREATE", "Pod", `{"kind":"Pod","apiVersion":"v1","metadata":{"name":"a","generateName":"a-","namespace":"n","uid":"1","labels":{"x":"y","z":null},"annotations":{},"resourceVersion":"7","generation":2,"creationTimestamp":"2026-11-28T04:00:00Z","finalizers":["f"],"ownerReferences":[{"apiVersion":"v1","kind":"K","name":"o","uid":"2"}]},`+
+		`"spec":{"restartPolicy":"Always","dnsPolicy":"ClusterFirst","serviceAccountName":"sa","nodeName":"n1","schedulerName":"s","terminationGracePeriodSeconds":30,"hostNetwork":true,"volumes":[{"name":"v","emptyDir":{}}],`+
+		`"initContainers":[{"name":"i","restartPolicy":"Always","image":"img","command":["sh","-c"],"args":[],"workingDir":"/w","stdin":true}],`+
+		`"containers":[{"name":"a","image":"img","imagePullPolicy":"IfNotPresent","terminationMessagePath":"/t","terminationMessagePolicy":"File","ports":[{"name":"http","containerPort":8080,"protocol":"TCP","hostPort":80,"hostIP":"1.2.3.4"}],`+
+		`"volumeMounts":[{"name":"v","mountPath":"/v","readOnly":true,"subPath":"s","subPathExpr":"$(X)","mountPropagation":"None","recursiveReadOnly":"Disabled"}],"volumeDevices":[{"name":"d","devicePath":"/dev/d"}],`+
+		`"resources":{"requests":{"cpu":"100m","memory":"1Gi","nvidia.com/gpu":"1"},"limits":{"cpu":"1"},"claims":[{"name":"c"}]},"envFrom":[{"configMapRef":{"name":"c"}}],`+
+		`"livenessProbe":{"httpGet":{"port":8080}},"securityContext":{"privileged":false},`+
+		`"env":[{"name":"A","value":"x"},{"name":"B","valueFrom":{"configMapKeyRef":{"name":"c","key":"k","optional":true}}},{"name":"C","valueFrom":{"secretKeyRef":{"name":"s","key":"k","optional":null}}},`+
+		`{"name":"D","valueFrom":{"fieldRef":{"apiVersion":"v1","fieldPath":"metadata.name"}}},{"name":"E","valueFrom":{"resourceFieldRef":{"containerName":"a","resource":"limits.cpu","divisor":"1m"}}},`+
+		`{"name":"F","valueFrom":{"fileKeyRef":{"volumeName":"v","path":"p","key":"k"}}},{"name":"G","value":null,"valueFrom":null},{"name":"H","future":1}]}]},"status":{"phase":"Pending"}}`),
+	review("u", "CREATE", "Pod", `{"metadata":null,"spec":{"containers":null,"initContainers":[],"volumes":null}}`),
+	review("u", "CREATE", "Pod", `{"metadata":{"labels":null,"annotations":null},"spec":{"containers":[null,{"name":null,"env":null,"ports":null,"volumeMounts":null,"command":null,"resources":null}]}}`),
+	review("u", "CREATE", "Pod", `{"metadata":{"na\u006de":"a\u00e9\n","labels":{"k\"":"v\\"}},"spec":{"containers":[{"name":"\ud83d\ude00","env":[{"n\u0061me":"X","value":"\u0041"}]}]}}`),
+	review("u", "CREATE", "Pod", `{"spec":{"containers":[{"name":"a","ports":[{"containerPort":-1},{"containerPort":2147483647}]}]}}`),
+	review("u", "CREATE", "Pod", `{"spec":{"containers":[{"name":"a","ports":[{"containerPort":2147483648}]}]}}`),
+	review("u", "CREATE", "Pod", `{"spec":{"containers":[{"name":"a","ports":[{"containerPort":80.0}]}]}}`),
+	review("u", "CREATE", "Pod", `{"spec":{"containers":[{"name":"a","ports":[{"containerPort":1e3}]}]}}`),
+	review("u", "CREATE", "Pod", `{"spec":{"containers":[{"name":"a","ports":[{"containerPort":"80"}]}]}}`),
+	review("u", "CREATE", "Pod", `{"spec":{"containers":[{"name":"a","volumeMounts":[{"name":"v","readOnly":"true"}]}]}}`),
+	review("u", "CREATE", "Pod", `{"spec":{"containers":[{"name":"a","env":[{"name":1}]}]}}`),
+	review("u", "CREATE", "Pod", `{"spec":{"containers":[{"name":"a","env":{"name":"x"}}]}}`),
+	review("u", "CREATE", "Pod", `{"spec":{"containers":[{"name":"a","name":"b"}]}}`),
+	review("u", "CREATE", "Pod", `{"metadata":{"labels":{"a":"1","a":"2"}}}`),
+	review("u", "CREATE", "Pod", `{"metadata":{"labels":{"a":1}}}`),
+	review("u", "CREATE", "Pod", "{\"metadata\":{\"name\":\"\xff\"}}"),
+	review("u", "UPDATE", "Deployment", `{"spec":{"replicas":3,"template":{"spec":{"containers":[{"name":"a"}]}}}}`),
+	review("u", "CREATE", "Pod", `null`),
+	review("u", "CREATE", "Pod", `[]`),
+	`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":null,"response":{"uid":"x"}}`,
+	`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod","extra":1},"requestKind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"requestResource":{"group":"","version":"v1","resource":"pods"},"requestSubResource":"","subResource":"","name":"p","namespace":"n","operation":"CREATE","userInfo":{"username":"u","groups":["g"]},"dryRun":true,"options":{"kind":"CreateOptions"},"oldObject":null,"object":{}}}`,
+	`{"kind":"AdmissionReview","kind":"AdmissionReview"}`,
+	`[]`,
+	``,
+}
+
+// FuzzHandDecode: for any body, the fast path with its hand decoders gives
+// exactly the review jsonv2 gives with unread alone, and refuses exactly
+// what that refuses.
+//
+// Longer run: go test ./admission -run '^$' -fuzz FuzzHandDecode -fuzztime 10m
+func FuzzHandDecode(f *testing.F) {
+	for _, s := range handDecodeSeeds {
+		f.Add([]byte(s))
+	}
+	for _, b := range realPodReviews(f) {
+		f.Add(b)
+	}
+	reference := jsonv2.WithUnmarshalers(unread)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var got, want podReview
+		gotErr := jsonv2.Unmarshal(body, &got, fast)
+		wantErr := jsonv2.Unmarshal(body, &want, reference)
+		if wantErr != nil || gotErr != nil {
+			require.Equal(t, wantErr != nil, gotErr != nil, "hand decoders: %v\njsonv2: %v", gotErr, wantErr)
+			return
+		}
+		require.Equal(t, want, got)
+	})
+}
+
+// realPodReviews are reviews of the mutate golden pods and of the
+// realistic review's pod.
+func realPodReviews(t testing.TB) [][]byte {
+	inputs, err := filepath.Glob("../mutate/testdata/*.pod.yaml")
+	require.NoError(t, err)
+	require.NotEmpty(t, inputs)
+	var out [][]byte
+	for _, in := range inputs {
+		y, err := os.ReadFile(in)
+		require.NoError(t, err)
+		obj, err := yaml.YAMLToJSON(y)
+		require.NoError(t, err)
+		out = append(out, []byte(review("u", "CREATE", "Pod", string(obj))))
+	}
+	realistic, err := os.ReadFile("testdata/review-deployment-pod.json")
+	require.NoError(t, err)
+	return append(out, realistic)
+}
+
+// The seeds take the hand decoders' paths: the fast path accepts the
+// realistic ones (a refusal would send them to the slow general path).
+func TestHandDecodeAcceptsRealReviews(t *testing.T) {
+	for _, b := range append(realPodReviews(t), []byte(handDecodeSeeds[0]), []byte(handDecodeSeeds[1])) {
+		var r podReview
+		require.NoError(t, jsonv2.Unmarshal(b, &r, fast), "%s", b)
+		require.NotNil(t, r.Request)
+		require.NotNil(t, r.Request.Object)
+	}
+}
+
+// Every field of the types with hand decoders is in their field index (so
+// a member the hand decoder does not name still decodes), at its path; of
+// two fields with one name, the shallower wins.
+func TestFieldIndex(t *testing.T) {
+	for _, tc := range []struct {
+		typ reflect.Type
+		idx fieldIndex
+	}{
+		{reflect.TypeFor[corev1.Pod](), podFields},
+		{reflect.TypeFor[corev1.PodSpec](), specFields},
+		{reflect.TypeFor[corev1.Container](), containerFields},
+		{reflect.TypeFor[corev1.EnvVar](), envFields},
+		{reflect.TypeFor[corev1.EnvVarSource](), sourceFields},
+		{reflect.TypeFor[corev1.VolumeMount](), mountFields},
+		{reflect.TypeFor[corev1.ContainerPort](), portFields},
+		{reflect.TypeFor[corev1.ConfigMapKeySelector](), configMapKeyFields},
+	} {
+		n := 0
+		for _, f := range reflect.VisibleFields(tc.typ) {
+			if name, _, _ := strings.Cut(f.Tag.Get("json"), ","); f.Anonymous && name == "" || !inlined(tc.typ, f.Index) {
+				continue // inlined, or promoted from a member
+			}
+			n++
+			found := false
+			for _, idx := range tc.idx {
+				if reflect.DeepEqual(idx, f.Index) {
+					found = true
+				}
+			}
+			assert.True(t, found, "%v.%s", tc.typ, f.Name)
+		}
+		assert.Len(t, tc.idx, n, "%v", tc.typ)
+	}
+	assert.Equal(t, []int{0, 1}, podFields["apiVersion"], "TypeMeta is inlined")
+	assert.Equal(t, []int{1}, requestFields["object"], "podRequest.Object shadows AdmissionRequest.Object")
+	assert.Equal(t, []int{0, 0}, requestFields["uid"])
+	assert.Equal(t, []int{1}, configMapKeyFields["key"])
+	assert.Equal(t, []int{0, 0}, configMapKeyFields["name"], "LocalObjectReference is inlined")
+}
+
+// inlined: the field at index is a JSON member of t: every embedded struct
+// on the way has no JSON name of its own.
+func inlined(t reflect.Type, index []int) bool {
+	for i := range len(index) - 1 {
+		f := t.FieldByIndex(index[:i+1])
+		if name, _, _ := strings.Cut(f.Tag.Get("json"), ","); name != "" {
+			return false
+		}
+	}
+	return true
+}
