@@ -6,6 +6,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"reflect"
 	sigsjson "sigs.k8s.io/json"
 )
 
@@ -73,21 +74,51 @@ func decode(body []byte) (metav1.TypeMeta, *admissionv1.AdmissionRequest, *corev
 // TestDecodeLeavesOutOnlyUnread fails until then (it compares the handler's
 // patch with mutate's on the fully decoded pod, with every type below
 // filled in).
-var unread = jsonv2.JoinUnmarshalers(
-	skip[[]metav1.ManagedFieldsEntry](),
-	skip[[]metav1.OwnerReference](),
-	skip[corev1.PodStatus](),
-	jsonv2.UnmarshalFromFunc(resourcesQoS),
-	skip[*corev1.Probe](),
-	skip[*corev1.Lifecycle](),
-	skip[*corev1.SecurityContext](),
-	skip[*corev1.PodSecurityContext](),
-	skip[*corev1.PodAffinity](),
-	skip[*corev1.PodAntiAffinity](),
-	skip[[]corev1.PreferredSchedulingTerm](),
-	skip[[]corev1.Toleration](),
-	skip[[]corev1.TopologySpreadConstraint](),
-)
+var unreadTypes = []unreadType{
+	leftOut[[]metav1.ManagedFieldsEntry](),
+	leftOut[[]metav1.OwnerReference](),
+	leftOut[corev1.PodStatus](),
+	leftOut[*corev1.Probe](),
+	leftOut[*corev1.Lifecycle](),
+	leftOut[*corev1.SecurityContext](),
+	leftOut[*corev1.PodSecurityContext](),
+	leftOut[*corev1.PodAffinity](),
+	leftOut[*corev1.PodAntiAffinity](),
+	leftOut[[]corev1.PreferredSchedulingTerm](),
+	leftOut[[]corev1.Toleration](),
+	leftOut[[]corev1.TopologySpreadConstraint](),
+}
+
+// unread are the unmarshalers that leave the unread types out, and keep
+// only CPU and memory of resources.
+var unread = func() *jsonv2.Unmarshalers {
+	u := []*jsonv2.Unmarshalers{jsonv2.UnmarshalFromFunc(resourcesQoS)}
+	for _, t := range unreadTypes {
+		u = append(u, t.skip)
+	}
+	return jsonv2.JoinUnmarshalers(u...)
+}()
+
+// unreadType is a type the fast path leaves out, and its unmarshaler.
+type unreadType struct {
+	typ  reflect.Type
+	skip *jsonv2.Unmarshalers
+}
+
+// leftOut returns T as an unread type: its unmarshaler consumes the value
+// and leaves T as it is.
+func leftOut[T any]() unreadType {
+	return unreadType{reflect.TypeFor[T](), jsonv2.UnmarshalFromFunc(func(dec *jsontext.Decoder, _ *T) error { return dec.SkipValue() })}
+}
+
+func isUnread(t reflect.Type) bool {
+	for _, u := range unreadTypes {
+		if u.typ == t {
+			return true
+		}
+	}
+	return false
+}
 
 // fast is the fast path's options: unread, and the hand decoders of the
 // review's most common types (see handdecode.go). Without the hand
@@ -102,11 +133,6 @@ var fast = jsonv2.WithUnmarshalers(jsonv2.JoinUnmarshalers(
 		return list(dec, s, envScratch, handEnv)
 	}),
 ))
-
-// skip is an unmarshaler for T that consumes the value and leaves T as is.
-func skip[T any]() *jsonv2.Unmarshalers {
-	return jsonv2.UnmarshalFromFunc(func(dec *jsontext.Decoder, _ *T) error { return dec.SkipValue() })
-}
 
 // unmarshal decodes like the API server does: field names are case
 // sensitive. encoding/json would take "sPec" for "spec", and a patch for

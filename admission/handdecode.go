@@ -10,6 +10,7 @@ import (
 
 	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -105,6 +106,22 @@ func int32Value(dec *jsontext.Decoder) (int32, error) {
 	}
 }
 
+// int64Value reads an integer that fits an int64; null is 0.
+func int64Value(dec *jsontext.Decoder) (int64, error) {
+	raw, err := dec.ReadValue()
+	if err != nil {
+		return 0, err
+	}
+	switch k := raw.Kind(); k {
+	case '0':
+		return strconv.ParseInt(string(raw), 10, 64)
+	case 'n':
+		return 0, nil
+	default:
+		return 0, fmt.Errorf("want a number, got %v", k)
+	}
+}
+
 // ptrTo reads a value into a new T at *p with read; null is nil.
 func ptrTo[T any](dec *jsontext.Decoder, p **T, read func(*jsontext.Decoder, *T) error) error {
 	if dec.PeekKind() == 'n' {
@@ -184,6 +201,7 @@ func scratchFor[T any]() *sync.Pool {
 
 var (
 	containerScratch = scratchFor[corev1.Container]()
+	volumeScratch    = scratchFor[corev1.Volume]()
 	envScratch       = scratchFor[corev1.EnvVar]()
 	portScratch      = scratchFor[corev1.ContainerPort]()
 	mountScratch     = scratchFor[corev1.VolumeMount]()
@@ -195,10 +213,27 @@ func stringElem(dec *jsontext.Decoder, s *string) (err error) {
 	return err
 }
 
+func boolElem(dec *jsontext.Decoder, b *bool) (err error) {
+	*b, err = boolValue(dec)
+	return err
+}
+
+func int64Elem(dec *jsontext.Decoder, n *int64) (err error) {
+	*n, err = int64Value(dec)
+	return err
+}
+
 // fieldIndex maps the JSON names of a struct's fields, those of embedded
-// structs without a name included, to their index paths: for the members
-// a hand decoder leaves to jsonv2.
-type fieldIndex map[string][]int
+// structs without a name included, to where they are: for the members a
+// hand decoder leaves to jsonv2.
+type fieldIndex map[string]field
+
+type field struct {
+	index []int
+	// skip: an unread type, consumed here (as its unmarshaler in unread
+	// would, at the cost of a call into jsonv2).
+	skip bool
+}
 
 func fieldsOf[T any]() fieldIndex {
 	f := fieldIndex{}
@@ -226,34 +261,37 @@ func addFields(f fieldIndex, t reflect.Type, at []int) {
 		// The shallower of two fields with one name wins, as in jsonv2;
 		// two at one depth would hide each other (none in these types).
 		if have, ok := f[name]; ok {
-			if len(have) == len(idx) {
+			if len(have.index) == len(idx) {
 				panic(fmt.Sprintf("admission: %v: two fields named %q", t, name))
 			}
-			if len(have) < len(idx) {
+			if len(have.index) < len(idx) {
 				continue
 			}
 		}
-		f[name] = idx
+		f[name] = field{index: idx, skip: isUnread(sf.Type)}
 	}
 }
 
 // decode decodes member name of the struct v points to with jsonv2 (and
 // the decoder's options); an unknown name is skipped, as jsonv2 does.
 func (f fieldIndex) decode(dec *jsontext.Decoder, v reflect.Value, name []byte) error {
-	idx, ok := f[string(name)]
-	if !ok {
+	fd, ok := f[string(name)]
+	if !ok || fd.skip {
 		return dec.SkipValue()
 	}
-	return jsonv2.UnmarshalDecode(dec, v.Elem().FieldByIndex(idx).Addr().Interface())
+	return jsonv2.UnmarshalDecode(dec, v.Elem().FieldByIndex(fd.index).Addr().Interface())
 }
 
 var (
 	reviewFields       = fieldsOf[podReview]()
 	requestFields      = fieldsOf[podRequest]()
 	gvkFields          = fieldsOf[metav1.GroupVersionKind]()
+	gvrFields          = fieldsOf[metav1.GroupVersionResource]()
+	userFields         = fieldsOf[authenticationv1.UserInfo]()
 	podFields          = fieldsOf[corev1.Pod]()
 	metaFields         = fieldsOf[metav1.ObjectMeta]()
 	specFields         = fieldsOf[corev1.PodSpec]()
+	volumeFields       = fieldsOf[corev1.Volume]()
 	containerFields    = fieldsOf[corev1.Container]()
 	portFields         = fieldsOf[corev1.ContainerPort]()
 	mountFields        = fieldsOf[corev1.VolumeMount]()
@@ -287,6 +325,16 @@ func handRequest(dec *jsontext.Decoder, r *podRequest) error {
 			err = stringAs(dec, &r.UID)
 		case "kind":
 			err = handGVK(dec, &r.Kind)
+		case "requestKind":
+			err = ptrTo(dec, &r.RequestKind, handGVK)
+		case "resource":
+			err = handGVR(dec, &r.Resource)
+		case "requestResource":
+			err = ptrTo(dec, &r.RequestResource, handGVR)
+		case "userInfo":
+			err = handUser(dec, &r.UserInfo)
+		case "dryRun":
+			err = ptrTo(dec, &r.DryRun, boolElem)
 		case "subResource":
 			r.SubResource, err = stringValue(dec)
 		case "name":
@@ -315,6 +363,38 @@ func handGVK(dec *jsontext.Decoder, g *metav1.GroupVersionKind) error {
 			g.Kind, err = stringValue(dec)
 		default:
 			err = gvkFields.decode(dec, reflect.ValueOf(g), name)
+		}
+		return err
+	})
+}
+
+func handGVR(dec *jsontext.Decoder, g *metav1.GroupVersionResource) error {
+	return object(dec, func(name []byte) (err error) {
+		switch string(name) {
+		case "group":
+			g.Group, err = stringValue(dec)
+		case "version":
+			g.Version, err = stringValue(dec)
+		case "resource":
+			g.Resource, err = stringValue(dec)
+		default:
+			err = gvrFields.decode(dec, reflect.ValueOf(g), name)
+		}
+		return err
+	})
+}
+
+func handUser(dec *jsontext.Decoder, u *authenticationv1.UserInfo) error {
+	return object(dec, func(name []byte) (err error) {
+		switch string(name) {
+		case "username":
+			u.Username, err = stringValue(dec)
+		case "uid":
+			u.UID, err = stringValue(dec)
+		case "groups":
+			err = list(dec, &u.Groups, stringScratch, stringElem)
+		default:
+			err = userFields.decode(dec, reflect.ValueOf(u), name)
 		}
 		return err
 	})
@@ -367,6 +447,10 @@ func handSpec(dec *jsontext.Decoder, s *corev1.PodSpec) error {
 			err = list(dec, &s.InitContainers, containerScratch, handContainer)
 		case "containers":
 			err = list(dec, &s.Containers, containerScratch, handContainer)
+		case "volumes":
+			err = list(dec, &s.Volumes, volumeScratch, handVolume)
+		case "terminationGracePeriodSeconds":
+			err = ptrTo(dec, &s.TerminationGracePeriodSeconds, int64Elem)
 		case "restartPolicy":
 			err = stringAs(dec, &s.RestartPolicy)
 		case "dnsPolicy":
@@ -381,6 +465,18 @@ func handSpec(dec *jsontext.Decoder, s *corev1.PodSpec) error {
 			err = specFields.decode(dec, reflect.ValueOf(s), name)
 		}
 		return err
+	})
+}
+
+// handVolume decodes a volume's name; its source (configMap, secret, …)
+// is left to jsonv2.
+func handVolume(dec *jsontext.Decoder, v *corev1.Volume) error {
+	return object(dec, func(name []byte) (err error) {
+		if string(name) == "name" {
+			v.Name, err = stringValue(dec)
+			return err
+		}
+		return volumeFields.decode(dec, reflect.ValueOf(v), name)
 	})
 }
 
@@ -512,10 +608,7 @@ func handKey(dec *jsontext.Decoder, member []byte, name, key *string, optional *
 	case "key":
 		*key, err = stringValue(dec)
 	case "optional":
-		err = ptrTo(dec, optional, func(dec *jsontext.Decoder, b *bool) (err error) {
-			*b, err = boolValue(dec)
-			return err
-		})
+		err = ptrTo(dec, optional, boolElem)
 	default:
 		return false, nil
 	}

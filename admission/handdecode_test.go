@@ -10,6 +10,7 @@ import (
 	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -127,6 +128,8 @@ func TestFieldIndex(t *testing.T) {
 		{reflect.TypeFor[corev1.VolumeMount](), mountFields},
 		{reflect.TypeFor[corev1.ContainerPort](), portFields},
 		{reflect.TypeFor[corev1.ConfigMapKeySelector](), configMapKeyFields},
+		{reflect.TypeFor[corev1.Volume](), volumeFields},
+		{reflect.TypeFor[authenticationv1.UserInfo](), userFields},
 	} {
 		n := 0
 		for _, f := range reflect.VisibleFields(tc.typ) {
@@ -136,7 +139,7 @@ func TestFieldIndex(t *testing.T) {
 			n++
 			found := false
 			for _, idx := range tc.idx {
-				if reflect.DeepEqual(idx, f.Index) {
+				if reflect.DeepEqual(idx.index, f.Index) {
 					found = true
 				}
 			}
@@ -144,11 +147,17 @@ func TestFieldIndex(t *testing.T) {
 		}
 		assert.Len(t, tc.idx, n, "%v", tc.typ)
 	}
-	assert.Equal(t, []int{0, 1}, podFields["apiVersion"], "TypeMeta is inlined")
-	assert.Equal(t, []int{1}, requestFields["object"], "podRequest.Object shadows AdmissionRequest.Object")
-	assert.Equal(t, []int{0, 0}, requestFields["uid"])
-	assert.Equal(t, []int{1}, configMapKeyFields["key"])
-	assert.Equal(t, []int{0, 0}, configMapKeyFields["name"], "LocalObjectReference is inlined")
+	assert.Equal(t, []int{0, 1}, podFields["apiVersion"].index, "TypeMeta is inlined")
+	assert.Equal(t, []int{1, 18}, volumeFields["configMap"].index, "VolumeSource is inlined")
+	// Unread types are skipped right there.
+	assert.True(t, podFields["status"].skip)
+	assert.True(t, metaFields["ownerReferences"].skip)
+	assert.True(t, containerFields["livenessProbe"].skip)
+	assert.False(t, containerFields["envFrom"].skip)
+	assert.Equal(t, []int{1}, requestFields["object"].index, "podRequest.Object shadows AdmissionRequest.Object")
+	assert.Equal(t, []int{0, 0}, requestFields["uid"].index)
+	assert.Equal(t, []int{1}, configMapKeyFields["key"].index)
+	assert.Equal(t, []int{0, 0}, configMapKeyFields["name"].index, "LocalObjectReference is inlined")
 }
 
 // inlined: the field at index is a JSON member of t: every embedded struct
