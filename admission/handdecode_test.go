@@ -1,11 +1,14 @@
 package admission
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
+	"unsafe"
 
 	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/stretchr/testify/assert"
@@ -170,4 +173,41 @@ func inlined(t reflect.Type, index []int) bool {
 		}
 	}
 	return true
+}
+
+// intern returns the string of its bytes, the same string (no new
+// allocation) for short strings seen before, whatever other strings
+// share the slot, from any number of goroutines.
+func TestIntern(t *testing.T) {
+	words := make([][]byte, 5000) // more than the table's slots: collisions
+	for i := range words {
+		words[i] = []byte(fmt.Sprintf("value-%d", i))
+	}
+	long := []byte(strings.Repeat("x", maxInterned+1))
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20000 {
+				w := words[(i*7+g)%len(words)]
+				if got := intern(w); got != string(w) {
+					t.Errorf("intern(%q) = %q", w, got)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	assert.Equal(t, "", intern(nil))
+	assert.Equal(t, string(long), intern(long))
+
+	b := []byte("IfNotPresent")
+	first := intern(b)
+	b[0] = 'X' // the string must not share the caller's bytes
+	assert.Equal(t, "IfNotPresent", first)
+	b[0] = 'I'
+	assert.Same(t, unsafe.StringData(first), unsafe.StringData(intern(b)), "seen before: the same string")
+	assert.Zero(t, testing.AllocsPerRun(100, func() { _ = intern(b) }))
+	assert.NotSame(t, unsafe.StringData(intern(long)), unsafe.StringData(intern(long)), "long strings are not kept")
 }
