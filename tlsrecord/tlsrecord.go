@@ -11,11 +11,16 @@
 // twice. Each connection ended up holding a 40 KiB buffer; with reads that
 // stop at the end of the current record it holds 32 KiB, the least
 // bytes.Buffer's doubling allows for 16 KiB records.
+//
+// On the way out, a handler can Cork a connection so that the records of
+// one answer leave in one write.
 package tlsrecord
 
 import (
+	"context"
 	"crypto/tls"
 	"net"
+	"sync"
 	"sync/atomic"
 )
 
@@ -63,6 +68,9 @@ type Conn struct {
 
 	decided bool        // ReadAheadIfHTTP2 looked at this connection
 	ahead   atomic.Bool // reads are no longer limited
+
+	wmu  sync.Mutex
+	held *[]byte // while corked: what was written since (pooled)
 }
 
 // ReadAheadIfHTTP2 lifts the limit on the reads of c, a *tls.Conn over a
@@ -137,4 +145,86 @@ func (c *Conn) sawHeader(b []byte) {
 		c.inHead = 0
 		c.left = int(c.header[3])<<8 | int(c.header[4])
 	}
+}
+
+// maxCorked bounds the bytes Cork holds back: past it, writes go out as
+// they come (for answers that large a system call more is nothing).
+const maxCorked = 64 << 10
+
+var heldPool = sync.Pool{New: func() any { return new([]byte) }}
+
+// Cork holds back what is written on c until Uncork, so that a response
+// written in parts leaves in one write system call: net/http flushes its
+// 4 KiB buffer (the headers and the start of the body), then writes the
+// rest of a larger body directly, and crypto/tls writes each record (at
+// most 16 KiB) on its own: two writes for a 17 KB answer, and as many
+// wake-ups of the client. Call Uncork soon after, on every path: the
+// bytes go nowhere until then.
+func (c *Conn) Cork() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.held == nil {
+		c.held = heldPool.Get().(*[]byte)
+	}
+}
+
+// Uncork writes what Cork held back in one write, and lets writes through
+// again.
+func (c *Conn) Uncork() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.held == nil {
+		return nil
+	}
+	err := c.writeHeld()
+	heldPool.Put(c.held) // at most maxCorked: not a connection's to keep
+	c.held = nil
+	return err
+}
+
+// writeHeld writes and empties the held bytes; c.wmu is held.
+func (c *Conn) writeHeld() error {
+	b := *c.held
+	*c.held = b[:0]
+	if len(b) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(b)
+	return err
+}
+
+func (c *Conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.held == nil {
+		return c.Conn.Write(p)
+	}
+	if b := *c.held; len(b)+len(p) <= maxCorked {
+		*c.held = append(b, p...)
+		return len(p), nil
+	}
+	if err := c.writeHeld(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+type connKey struct{}
+
+// ConnContext is for http.Server.ConnContext: it puts a connection (a
+// *tls.Conn over a Conn) in the context of its requests, for FromContext.
+func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if tc, ok := c.(*tls.Conn); ok {
+		if rc, ok := tc.NetConn().(*Conn); ok {
+			return context.WithValue(ctx, connKey{}, rc)
+		}
+	}
+	return ctx
+}
+
+// FromContext returns the Conn a request came on (see ConnContext), or
+// nil.
+func FromContext(ctx context.Context) *Conn {
+	c, _ := ctx.Value(connKey{}).(*Conn)
+	return c
 }

@@ -172,32 +172,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	mux := http.NewServeMux()
 	mux.Handle("POST /mutate", handler)
-	srv := &http.Server{
-		Addr:    o.listen,
-		Handler: closeWhenLeaving(mux, &shuttingDown),
-		TLSConfig: &tls.Config{
-			MinVersion:     minVersion,
-			GetCertificate: reloader.GetCertificate,
-		},
-		// The API server gives a webhook at most 30 s (timeoutSeconds); a
-		// review that takes longer is useless, and a client that dawdles
-		// over its headers is not the API server.
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    1 << 20,
-		// TLS handshake failures land here: warn, they usually mean a
-		// caBundle that does not match the serving certificate.
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		// Over HTTP/2 (one connection per API server) reads need not stop
-		// at TLS records (see tlsrecord).
-		ConnState: func(c net.Conn, s http.ConnState) {
-			if s == http.StateActive {
-				tlsrecord.ReadAheadIfHTTP2(c)
-			}
-		},
-	}
+	srv := webhookServer(o.listen, closeWhenLeaving(mux, &shuttingDown), &tls.Config{
+		MinVersion:     minVersion,
+		GetCertificate: reloader.GetCertificate,
+	}, log)
 
 	errc := make(chan error, 2)
 	wg.Go(func() {
@@ -206,9 +184,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	})
 	wg.Go(func() {
-		// Reads that stop at TLS record ends keep each connection's TLS
-		// read buffer at 32 KiB instead of 40 (see tlsrecord).
-		if err := srv.ServeTLS(tlsrecord.Listener(ln), "", ""); !errors.Is(err, http.ErrServerClosed) {
+		if err := serveTLS(srv, ln); !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("webhook server: %w", err)
 		}
 	})
@@ -284,4 +260,42 @@ func registerBuildInfo(reg prometheus.Registerer) {
 	}, []string{"version", "commit", "goversion"})
 	g.WithLabelValues(info.Version, info.Commit, info.GoVersion).Set(1)
 	reg.MustRegister(g)
+}
+
+// webhookServer is the HTTPS server of the admission endpoint (h), to run
+// with serveTLS.
+func webhookServer(addr string, h http.Handler, tlsConfig *tls.Config, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Addr:      addr,
+		Handler:   h,
+		TLSConfig: tlsConfig,
+		// The API server gives a webhook at most 30 s (timeoutSeconds); a
+		// review that takes longer is useless, and a client that dawdles
+		// over its headers is not the API server.
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    1 << 20,
+		// TLS handshake failures land here: warn, they usually mean a
+		// caBundle that does not match the serving certificate.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// The handler corks a request's connection to send its answer in
+		// one write (see tlsrecord.Cork).
+		ConnContext: tlsrecord.ConnContext,
+		// Over HTTP/2 (one connection per API server) reads need not stop
+		// at TLS records (see tlsrecord).
+		ConnState: func(c net.Conn, s http.ConnState) {
+			if s == http.StateActive {
+				tlsrecord.ReadAheadIfHTTP2(c)
+			}
+		},
+	}
+}
+
+// serveTLS serves srv on ln until it is closed. Reads that stop at TLS
+// record ends keep each connection's TLS read buffer at 32 KiB instead of
+// 40 (see tlsrecord).
+func serveTLS(srv *http.Server, ln net.Listener) error {
+	return srv.ServeTLS(tlsrecord.Listener(ln), "", "")
 }
