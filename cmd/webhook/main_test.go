@@ -770,3 +770,39 @@ func TestIdleTimeoutOutlastsAPIServer(t *testing.T) {
 	require.NotZero(t, apiServer)
 	assert.Greater(t, idleTimeout, apiServer+10*time.Second)
 }
+
+// serve sets GOGC=70 unless the environment sets GOGC, which wins (the
+// runtime reads it at start, so each case is its own process).
+func TestServeGOGC(t *testing.T) {
+	_, dir := newCerts(t)
+	args, err := json.Marshal([]string{"serve",
+		"--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+		"--tls-cert-file", filepath.Join(dir, "tls.crt"), "--tls-key-file", filepath.Join(dir, "tls.key")})
+	require.NoError(t, err)
+	for _, tc := range []struct{ env, want string }{{"", "70"}, {"120", "120"}} {
+		t.Run("GOGC="+tc.env, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), "PODMETA_TEST_MAIN_ARGS="+string(args), "GOGC="+tc.env)
+			stderr, err := cmd.StderrPipe()
+			require.NoError(t, err)
+			require.NoError(t, cmd.Start())
+			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			var started map[string]any
+			sc := bufio.NewScanner(stderr)
+			for started == nil && sc.Scan() {
+				var e map[string]any
+				if json.Unmarshal(sc.Bytes(), &e) == nil && e["msg"] == "serving admission reviews" {
+					started = e
+				}
+			}
+			require.NotNil(t, started, "no start log")
+			assert.Equal(t, tc.want, started["gogc"])
+			resp, err := http.Get("http://" + started["metrics_addr"].(string) + "/metrics")
+			require.NoError(t, err)
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			require.NoError(t, err)
+			assert.Contains(t, string(body), "\ngo_gc_gogc_percent "+tc.want+"\n", "what the runtime runs with")
+		})
+	}
+}
