@@ -29,12 +29,12 @@ type podRequest struct {
 // object decodes as a Pod, that pod.
 //
 // The fast path is encoding/json/v2 (github.com/go-json-experiment/json, the
-// standard library's v2 from Go 1.27 on): it decodes a typed Pod about twice
-// as fast as encoding/json and, by default, matches names case-sensitively
-// like the API server, and rejects duplicate names and invalid UTF-8.
-// Anything it refuses (another kind of object, malformed or merely unusual
-// input) takes the general path, the API server's own decoder
-// (sigs.k8s.io/json), which also yields the precise error.
+// standard library's v2 from Go 1.27 on), with hand decoders on its tokens
+// for the review's most common members (handdecode.go): it matches names
+// case-sensitively like the API server, and rejects duplicate names and
+// invalid UTF-8. Anything it refuses (another kind of object, malformed or
+// merely unusual input) takes the general path, the API server's own
+// decoder (sigs.k8s.io/json), which also yields the precise error.
 //
 // The fast path also leaves out the parts of a pod that mutate never reads
 // (see unread), checking only that they are well-formed JSON.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,7 +35,7 @@ import (
 
 // object reads an object's members, calling member with each name
 // (unquoted; valid until the decoder's next read). null leaves the target
-// as it is (zero, as jsonv2 leaves it).
+// as it is: jsonv2 zeroes it, and every target here is new (zero).
 func object(dec *jsontext.Decoder, member func(name []byte) error) error {
 	if open, err := openObject(dec); !open {
 		return err
@@ -264,39 +265,66 @@ type field struct {
 }
 
 func fieldsOf[T any]() fieldIndex {
+	var all []candidate
+	collectFields(reflect.TypeFor[T](), nil, &all)
+	byName := map[string][]candidate{}
+	for _, c := range all {
+		byName[c.name] = append(byName[c.name], c)
+	}
+	// As in jsonv2: of the fields with one name the shallowest wins, then
+	// the one with a JSON name (tag); fields that still tie hide each
+	// other and are not decoded (there are none in these types).
 	f := fieldIndex{}
-	addFields(f, reflect.TypeFor[T](), nil)
+	for name, cs := range byName {
+		depth := slices.MinFunc(cs, func(a, b candidate) int { return len(a.index) - len(b.index) })
+		cs = slices.DeleteFunc(cs, func(c candidate) bool { return len(c.index) > len(depth.index) })
+		if len(cs) > 1 {
+			cs = slices.DeleteFunc(cs, func(c candidate) bool { return !c.tagged })
+		}
+		if len(cs) == 1 {
+			f[name] = field{index: cs[0].index, skip: isUnread(cs[0].typ)}
+		}
+	}
 	return f
 }
 
-func addFields(f fieldIndex, t reflect.Type, at []int) {
+// candidate is a field that may decode a JSON member.
+type candidate struct {
+	name   string
+	index  []int
+	tagged bool
+	typ    reflect.Type
+}
+
+// collectFields lists t's fields by JSON name, those of embedded structs
+// without one inlined.
+func collectFields(t reflect.Type, at []int, out *[]candidate) {
 	for i := range t.NumField() {
 		sf := t.Field(i)
-		name, _, _ := strings.Cut(sf.Tag.Get("json"), ",")
+		tag := sf.Tag.Get("json")
+		if tag == "-" {
+			continue
+		}
+		name, _, _ := strings.Cut(tag, ",")
 		idx := append(append([]int{}, at...), i)
-		switch {
-		case name == "-" || !sf.IsExported() && !sf.Anonymous:
-			continue
-		case sf.Anonymous && name == "":
+		if sf.Anonymous && name == "" {
 			if sf.Type.Kind() != reflect.Struct {
-				panic(fmt.Sprintf("admission: embedded %v in %v: not a struct", sf.Type, t))
+				// jsonv2 inlines an embedded *struct too, allocating it;
+				// decode here would dereference nil. No such field in
+				// these types: TestFieldIndex fails (at init) if one comes.
+				panic(fmt.Sprintf("admission: %v embeds %v: only embedded structs are inlined here", t, sf.Type))
 			}
-			addFields(f, sf.Type, idx)
+			collectFields(sf.Type, idx, out)
 			continue
-		case name == "":
-			name = sf.Name
 		}
-		// The shallower of two fields with one name wins, as in jsonv2;
-		// two at one depth would hide each other (none in these types).
-		if have, ok := f[name]; ok {
-			if len(have.index) == len(idx) {
-				panic(fmt.Sprintf("admission: %v: two fields named %q", t, name))
-			}
-			if len(have.index) < len(idx) {
-				continue
-			}
+		if !sf.IsExported() {
+			continue
 		}
-		f[name] = field{index: idx, skip: isUnread(sf.Type)}
+		c := candidate{name: name, index: idx, tagged: name != "", typ: sf.Type}
+		if name == "" {
+			c.name = sf.Name
+		}
+		*out = append(*out, c)
 	}
 }
 

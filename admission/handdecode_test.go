@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -133,6 +134,12 @@ func TestFieldIndex(t *testing.T) {
 		{reflect.TypeFor[corev1.ConfigMapKeySelector](), configMapKeyFields},
 		{reflect.TypeFor[corev1.Volume](), volumeFields},
 		{reflect.TypeFor[authenticationv1.UserInfo](), userFields},
+		{reflect.TypeFor[podReview](), reviewFields},
+		{reflect.TypeFor[metav1.ObjectMeta](), metaFields},
+		{reflect.TypeFor[metav1.GroupVersionKind](), gvkFields},
+		{reflect.TypeFor[metav1.GroupVersionResource](), gvrFields},
+		{reflect.TypeFor[corev1.SecretKeySelector](), secretKeyFields},
+		{reflect.TypeFor[corev1.ObjectFieldSelector](), fieldRefFields},
 	} {
 		n := 0
 		for _, f := range reflect.VisibleFields(tc.typ) {
@@ -158,6 +165,24 @@ func TestFieldIndex(t *testing.T) {
 	assert.True(t, containerFields["livenessProbe"].skip)
 	assert.False(t, containerFields["envFrom"].skip)
 	assert.Equal(t, []int{1}, requestFields["object"].index, "podRequest.Object shadows AdmissionRequest.Object")
+	// jsonv2's rules for fields of one name.
+	type in1 struct{ A, Z, W int }
+	type in2 struct {
+		Z int `json:"Z"`
+		W int
+	}
+	type ties struct {
+		in1
+		in2
+		A int // shallower than in1.A: wins
+		D int `json:"-"`
+	}
+	tf := fieldsOf[ties]()
+	assert.Equal(t, []int{2}, tf["A"].index)
+	assert.Equal(t, []int{1, 0}, tf["Z"].index, "at one depth, the tagged one")
+	assert.NotContains(t, tf, "W", "two at one depth, neither tagged: neither")
+	assert.NotContains(t, tf, "D")
+	assert.Len(t, tf, 2, "what jsonv2 decodes into ties: A and Z")
 	assert.Equal(t, []int{0, 0}, requestFields["uid"].index)
 	assert.Equal(t, []int{1}, configMapKeyFields["key"].index)
 	assert.Equal(t, []int{0, 0}, configMapKeyFields["name"].index, "LocalObjectReference is inlined")

@@ -206,19 +206,33 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// With a length, net/http writes the body as is; without one, a body
 	// over its 4 KiB buffer is sent chunked, with a terminating chunk.
 	w.Header().Set("Content-Length", strconv.Itoa(body.Len()))
-	// Over HTTP/1.1 an answer over 4 KiB left in two writes (net/http's
-	// buffer with the headers, then the rest): corked, it leaves in one,
-	// a system call and a wake-up of the API server less. (Over HTTP/2
-	// the connection's own goroutine writes the frames.)
-	if c := tlsrecord.FromContext(r.Context()); c != nil && r.ProtoMajor == 1 {
+	// Over HTTP/1.1 an answer over about 4 KiB left in two writes or more
+	// (net/http's buffer with the headers, then the rest, a write per TLS
+	// record): corked, it leaves in one, a system call and a wake-up of
+	// the API server less. Larger answers (a large pod's) are not held:
+	// their writes cost little next to their review, and every connection
+	// blocked in a write would hold its whole answer. (Over HTTP/2 the
+	// connection's own goroutine writes the frames.)
+	if c := tlsrecord.FromContext(r.Context()); c != nil && r.ProtoMajor == 1 && body.Len() > corkAbove && body.Len() <= corkUpTo {
 		c.Cork()
-		defer func() { _ = c.Uncork() }() // as for Write: the client sees a failure
+		defer func() {
+			if err := c.Uncork(); err != nil {
+				h.log.Warn("writing the answer failed; connection closed", "error", err, "remote", r.RemoteAddr)
+			}
+		}()
 		_, _ = w.Write(body.Bytes())
 		_ = http.NewResponseController(w).Flush()
 		return
 	}
 	_, _ = w.Write(body.Bytes())
 }
+
+// Answers corked: those that may not fit net/http's 4 KiB buffer with
+// their headers, up to what tlsrecord holds with the TLS overhead.
+const (
+	corkAbove = 3 << 10
+	corkUpTo  = tlsrecord.MaxCorked - 4<<10
+)
 
 // getBuf and putBuf pool the buffers of a review (request body, patch,
 // answer): at thousands of reviews per second, allocating them anew was a

@@ -69,8 +69,10 @@ type Conn struct {
 	decided bool        // ReadAheadIfHTTP2 looked at this connection
 	ahead   atomic.Bool // reads are no longer limited
 
-	wmu  sync.Mutex
-	held *[]byte // while corked: what was written since (pooled)
+	wmu     sync.Mutex
+	held    *[]byte // while corked: what was written since (pooled)
+	through bool    // corked, but past MaxCorked: writes go through
+	werr    error   // writing held bytes failed: the connection is closed
 }
 
 // ReadAheadIfHTTP2 lifts the limit on the reads of c, a *tls.Conn over a
@@ -147,11 +149,12 @@ func (c *Conn) sawHeader(b []byte) {
 	}
 }
 
-// maxCorked bounds the bytes Cork holds back: past it, writes go out as
-// they come (for answers that large a system call more is nothing).
-const maxCorked = 64 << 10
+// MaxCorked bounds the bytes Cork holds back (TLS records, a little more
+// than the plaintext): past it, what is held is written and the rest of
+// the corked writes go through as they come.
+const MaxCorked = 32 << 10
 
-var heldPool = sync.Pool{New: func() any { return new([]byte) }}
+var heldPool = sync.Pool{New: func() any { b := make([]byte, 0, MaxCorked); return &b }}
 
 // Cork holds back what is written on c until Uncork, so that a response
 // written in parts leaves in one write system call: net/http flushes its
@@ -160,24 +163,30 @@ var heldPool = sync.Pool{New: func() any { return new([]byte) }}
 // most 16 KiB) on its own: two writes for a 17 KB answer, and as many
 // wake-ups of the client. Call Uncork soon after, on every path: the
 // bytes go nowhere until then.
+//
+// crypto/tls takes held bytes as sent. If writing them fails, the
+// connection is closed (its peer would otherwise wait for records that
+// never come, on a connection net/http still thinks is good) and the
+// error is returned by Uncork and every later Write.
 func (c *Conn) Cork() {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.held == nil {
+	if c.held == nil && c.werr == nil {
 		c.held = heldPool.Get().(*[]byte)
+		c.through = false
 	}
 }
 
-// Uncork writes what Cork held back in one write, and lets writes through
+// Uncork writes what Cork held back, in one write, and lets writes through
 // again.
 func (c *Conn) Uncork() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.held == nil {
-		return nil
+		return c.werr
 	}
 	err := c.writeHeld()
-	heldPool.Put(c.held) // at most maxCorked: not a connection's to keep
+	heldPool.Put(c.held)
 	c.held = nil
 	return err
 }
@@ -189,20 +198,28 @@ func (c *Conn) writeHeld() error {
 	if len(b) == 0 {
 		return nil
 	}
-	_, err := c.Conn.Write(b)
-	return err
+	if _, err := c.Conn.Write(b); err != nil {
+		c.werr = err
+		_ = c.Conn.Close()
+		return err
+	}
+	return nil
 }
 
 func (c *Conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.held == nil {
+	if c.werr != nil {
+		return 0, c.werr
+	}
+	if c.held == nil || c.through {
 		return c.Conn.Write(p)
 	}
-	if b := *c.held; len(b)+len(p) <= maxCorked {
+	if b := *c.held; len(b)+len(p) <= MaxCorked {
 		*c.held = append(b, p...)
 		return len(p), nil
 	}
+	c.through = true
 	if err := c.writeHeld(); err != nil {
 		return 0, err
 	}

@@ -779,7 +779,7 @@ func TestServeGOGC(t *testing.T) {
 		"--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
 		"--tls-cert-file", filepath.Join(dir, "tls.crt"), "--tls-key-file", filepath.Join(dir, "tls.key")})
 	require.NoError(t, err)
-	for _, tc := range []struct{ env, want string }{{"", "70"}, {"120", "120"}} {
+	for _, tc := range []struct{ env, want string }{{"", "70"}, {"120", "120"}, {"lots", "100"}} {
 		t.Run("GOGC="+tc.env, func(t *testing.T) {
 			cmd := exec.Command(os.Args[0], "-test.run=^$")
 			cmd.Env = append(os.Environ(), "PODMETA_TEST_MAIN_ARGS="+string(args), "GOGC="+tc.env)

@@ -119,13 +119,20 @@ const idleTimeout = 5 * time.Minute
 const defaultGOGC = 70
 
 // setGOGC applies defaultGOGC unless GOGC (env, as the runtime read it at
-// start) is set, and returns the setting in effect, for the log.
+// start) is set, and returns the setting in effect, for the log (the
+// runtime's: it runs an invalid GOGC as 100).
 func setGOGC(env string) string {
-	if env != "" {
-		return env
+	p := defaultGOGC
+	if env == "" {
+		debug.SetGCPercent(p)
+	} else {
+		p = debug.SetGCPercent(-1)
+		debug.SetGCPercent(p)
 	}
-	debug.SetGCPercent(defaultGOGC)
-	return strconv.Itoa(defaultGOGC)
+	if p < 0 {
+		return "off"
+	}
+	return strconv.Itoa(p)
 }
 
 // serve runs the webhook until ctx is cancelled, then shuts down gracefully:
