@@ -2,48 +2,24 @@ package admission
 
 import (
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/podmeta/podmeta/internal/writecount"
 	"github.com/podmeta/podmeta/tlsrecord"
 )
-
-type countingListener struct {
-	net.Listener
-	writes atomic.Int64
-}
-
-func (l *countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return &countingConn{Conn: c, n: &l.writes}, nil
-}
-
-type countingConn struct {
-	net.Conn
-	n *atomic.Int64
-}
-
-func (c *countingConn) Write(p []byte) (int, error) {
-	c.n.Add(1)
-	return c.Conn.Write(p)
-}
 
 // Served over tlsrecord's listener, an answer larger than net/http's 4 KiB
 // buffer leaves in one write over HTTP/1.1 (net/http alone: two or more).
 func TestAnswerIsOneWrite(t *testing.T) {
 	h, _ := newTestHandler(t)
 	srv := httptest.NewUnstartedServer(h)
-	counted := &countingListener{Listener: srv.Listener}
+	counted := writecount.New(srv.Listener)
 	srv.Listener = tlsrecord.Listener(counted)
 	srv.Config.ConnContext = tlsrecord.ConnContext
 	srv.StartTLS()
@@ -51,7 +27,7 @@ func TestAnswerIsOneWrite(t *testing.T) {
 
 	body := review("u", "CREATE", "Pod", optedInPod)
 	send := func() (int64, int) {
-		before := counted.writes.Load()
+		before := counted.Writes()
 		resp, err := srv.Client().Post(srv.URL+"/mutate", "application/json", strings.NewReader(body))
 		require.NoError(t, err)
 		b, err := io.ReadAll(resp.Body)
@@ -59,7 +35,7 @@ func TestAnswerIsOneWrite(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
 		require.Contains(t, string(b), `"patch":`)
-		return counted.writes.Load() - before, len(b)
+		return counted.Writes() - before, len(b)
 	}
 	send() // the handshake's writes
 	for range 10 {

@@ -11,11 +11,12 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/podmeta/podmeta/internal/writecount"
 )
 
 // writesConn records each Write it is given.
@@ -108,30 +109,6 @@ func TestCork(t *testing.T) {
 	assert.Empty(t, under.writes, "nothing written after the failure")
 }
 
-// countingListener counts the writes on the connections it accepts.
-type countingListener struct {
-	net.Listener
-	writes atomic.Int64
-}
-
-func (l *countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return &countingConn{Conn: c, n: &l.writes}, nil
-}
-
-type countingConn struct {
-	net.Conn
-	n *atomic.Int64
-}
-
-func (c *countingConn) Write(p []byte) (int, error) {
-	c.n.Add(1)
-	return c.Conn.Write(p)
-}
-
 // Through net/http over TLS, a corked 17 KB answer leaves in one write
 // (net/http alone makes two or more: its 4 KiB buffer, then the rest, a
 // write per TLS record), and
@@ -140,7 +117,7 @@ func TestCorkedAnswerIsOneWrite(t *testing.T) {
 	cert := selfSigned(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	counted := &countingListener{Listener: ln}
+	counted := writecount.New(ln)
 	answer := bytes.Repeat([]byte("0123456789abcdef"), 17<<10/16)
 	srv := &http.Server{
 		TLSConfig:   &tls.Config{Certificates: []tls.Certificate{cert}},
@@ -168,7 +145,7 @@ func TestCorkedAnswerIsOneWrite(t *testing.T) {
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}}
 	defer tr.CloseIdleConnections()
 	get := func(path string) int64 {
-		before := counted.writes.Load()
+		before := counted.Writes()
 		resp, err := (&http.Client{Transport: tr}).Get("https://" + ln.Addr().String() + path)
 		require.NoError(t, err)
 		got, err := io.ReadAll(resp.Body)
@@ -176,7 +153,7 @@ func TestCorkedAnswerIsOneWrite(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, http.StatusOK, resp.StatusCode, string(got))
 		require.Equal(t, answer, got)
-		return counted.writes.Load() - before
+		return counted.Writes() - before
 	}
 	get("/warm-up") // the handshake's writes
 	// Two or more: crypto/tls writes each record on its own, and starts a

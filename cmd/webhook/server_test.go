@@ -7,38 +7,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/podmeta/podmeta/admission"
+	"github.com/podmeta/podmeta/internal/writecount"
 	"github.com/podmeta/podmeta/mutate"
 )
-
-type countingListener struct {
-	net.Listener
-	writes atomic.Int64
-}
-
-func (l *countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return &countingConn{Conn: c, n: &l.writes}, nil
-}
-
-type countingConn struct {
-	net.Conn
-	n *atomic.Int64
-}
-
-func (c *countingConn) Write(p []byte) (int, error) {
-	c.n.Add(1)
-	return c.Conn.Write(p)
-}
 
 // The webhook's server sends an answer in one write over HTTP/1.1: the
 // handler can cork the connection (see tlsrecord.Cork), which takes the
@@ -53,7 +30,7 @@ func TestWebhookServerAnswersInOneWrite(t *testing.T) {
 	require.NoError(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	counted := &countingListener{Listener: ln}
+	counted := writecount.New(ln)
 	srv := webhookServer("", h, &tls.Config{Certificates: []tls.Certificate{cert}}, log)
 	go func() { _ = serveTLS(srv, counted) }()
 	t.Cleanup(func() { _ = srv.Close() })
@@ -61,7 +38,7 @@ func TestWebhookServerAnswersInOneWrite(t *testing.T) {
 	c := client(ca, false)
 	body := reviewBody(t, "uid-1", testPod())
 	send := func() int64 {
-		before := counted.writes.Load()
+		before := counted.Writes()
 		resp, err := c.Post("https://"+ln.Addr().String()+"/", "application/json", bytes.NewReader(body))
 		require.NoError(t, err)
 		b, err := io.ReadAll(resp.Body)
@@ -69,7 +46,7 @@ func TestWebhookServerAnswersInOneWrite(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
 		require.Greater(t, len(b), 4<<10, "an answer larger than net/http's buffer")
-		return counted.writes.Load() - before
+		return counted.Writes() - before
 	}
 	send() // the handshake
 	for range 5 {
