@@ -1,6 +1,7 @@
 package writecount
 
 import (
+	"io"
 	"net"
 	"testing"
 
@@ -13,10 +14,12 @@ func TestCountsWrites(t *testing.T) {
 	require.NoError(t, err)
 	l := New(ln)
 	defer l.Close()
-	go func() {
+	done := make(chan struct{})
+	go func() { // reads all three bytes before it hangs up
+		defer close(done)
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err == nil {
-			_, _ = c.Read(make([]byte, 1))
+			_, _ = io.ReadFull(c, make([]byte, 3))
 			c.Close()
 		}
 	}()
@@ -28,4 +31,5 @@ func TestCountsWrites(t *testing.T) {
 		require.NoError(t, err)
 	}
 	assert.Equal(t, int64(3), l.Writes())
+	<-done
 }
