@@ -61,11 +61,8 @@ func stringValue(dec *jsontext.Decoder) (string, error) {
 	}
 	switch raw.Kind() {
 	case '"':
-		if bytes.IndexByte(raw, '\\') < 0 {
-			return intern(raw[1 : len(raw)-1]), nil
-		}
-		s, err := jsontext.AppendUnquote(nil, raw)
-		return string(s), err
+		b, err := unquote(raw)
+		return intern(b), err
 	case 'n':
 		return "", nil
 	}
@@ -118,32 +115,16 @@ func boolValue(dec *jsontext.Decoder) (bool, error) {
 	}
 }
 
-// int32Value reads an integer that fits an int32; null is 0.
-func int32Value(dec *jsontext.Decoder) (int32, error) {
+// intValue reads an integer that fits bits bits, as jsonv2 does (no
+// fraction, no exponent); null is 0.
+func intValue(dec *jsontext.Decoder, bits int) (int64, error) {
 	raw, err := dec.ReadValue()
 	if err != nil {
 		return 0, err
 	}
 	switch k := raw.Kind(); k {
 	case '0':
-		n, err := strconv.ParseInt(string(raw), 10, 32)
-		return int32(n), err
-	case 'n':
-		return 0, nil
-	default:
-		return 0, fmt.Errorf("want a number, got %v", k)
-	}
-}
-
-// int64Value reads an integer that fits an int64; null is 0.
-func int64Value(dec *jsontext.Decoder) (int64, error) {
-	raw, err := dec.ReadValue()
-	if err != nil {
-		return 0, err
-	}
-	switch k := raw.Kind(); k {
-	case '0':
-		return strconv.ParseInt(string(raw), 10, 64)
+		return strconv.ParseInt(string(raw), 10, bits)
 	case 'n':
 		return 0, nil
 	default:
@@ -248,7 +229,7 @@ func boolElem(dec *jsontext.Decoder, b *bool) (err error) {
 }
 
 func int64Elem(dec *jsontext.Decoder, n *int64) (err error) {
-	*n, err = int64Value(dec)
+	*n, err = intValue(dec, 64)
 	return err
 }
 
@@ -576,7 +557,9 @@ func handPort(dec *jsontext.Decoder, p *corev1.ContainerPort) error {
 		case "name":
 			p.Name, err = stringValue(dec)
 		case "containerPort":
-			p.ContainerPort, err = int32Value(dec)
+			var n int64
+			n, err = intValue(dec, 32)
+			p.ContainerPort = int32(n)
 		case "protocol":
 			err = stringAs(dec, &p.Protocol)
 		default:
@@ -689,14 +672,7 @@ func handFieldRef(dec *jsontext.Decoder, f *corev1.ObjectFieldSelector) error {
 // requests and limits, and skips the rest (other resources, claims): the
 // generic decode of the lists was a quarter of the medium pod's decode.
 func resourcesQoS(dec *jsontext.Decoder, r *corev1.ResourceRequirements) error {
-	if open, err := openObject(dec); !open {
-		return err
-	}
-	for dec.PeekKind() != '}' {
-		name, err := readString(dec)
-		if err != nil {
-			return err
-		}
+	return object(dec, func(name []byte) (err error) {
 		switch string(name) {
 		case "requests":
 			r.Requests, err = cpuMemory(dec)
@@ -705,24 +681,12 @@ func resourcesQoS(dec *jsontext.Decoder, r *corev1.ResourceRequirements) error {
 		default:
 			err = dec.SkipValue()
 		}
-		if err != nil {
-			return err
-		}
-	}
-	_, err := dec.ReadToken()
-	return err
+		return err
+	})
 }
 
-func cpuMemory(dec *jsontext.Decoder) (corev1.ResourceList, error) {
-	if open, err := openObject(dec); !open {
-		return nil, err
-	}
-	var l corev1.ResourceList
-	for dec.PeekKind() != '}' {
-		name, err := readString(dec)
-		if err != nil {
-			return nil, err
-		}
+func cpuMemory(dec *jsontext.Decoder) (l corev1.ResourceList, err error) {
+	err = object(dec, func(name []byte) error {
 		var res corev1.ResourceName
 		switch string(name) {
 		case string(corev1.ResourceCPU):
@@ -730,28 +694,29 @@ func cpuMemory(dec *jsontext.Decoder) (corev1.ResourceList, error) {
 		case string(corev1.ResourceMemory):
 			res = corev1.ResourceMemory
 		default:
-			if err := dec.SkipValue(); err != nil {
-				return nil, err
-			}
-			continue
+			return dec.SkipValue()
 		}
-		if dec.PeekKind() != '"' {
-			return nil, fmt.Errorf("quantity %s: want a string", res)
-		}
-		v, err := readString(dec)
+		raw, err := dec.ReadValue()
 		if err != nil {
-			return nil, err
+			return err
+		}
+		if raw.Kind() != '"' {
+			return fmt.Errorf("quantity %s: want a string", res)
+		}
+		v, err := unquote(raw)
+		if err != nil {
+			return err
 		}
 		q, err := resource.ParseQuantity(string(v))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if l == nil {
 			l = make(corev1.ResourceList, 2)
 		}
 		l[res] = q
-	}
-	_, err := dec.ReadToken()
+		return nil
+	})
 	return l, err
 }
 
@@ -777,6 +742,12 @@ func readString(dec *jsontext.Decoder) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return unquote(raw)
+}
+
+// unquote returns a JSON string's contents: raw itself, unquoted, when it
+// has no escapes (valid as long as raw), else a copy with them decoded.
+func unquote(raw jsontext.Value) ([]byte, error) {
 	if bytes.IndexByte(raw, '\\') < 0 {
 		return raw[1 : len(raw)-1], nil
 	}
