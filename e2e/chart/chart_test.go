@@ -260,12 +260,20 @@ func TestChart(t *testing.T) {
 		require.NoError(t, err)
 		e.waitDeployment(t, namespace, release, 2, time.Minute)
 
-		// cainjector wrote the CA that signed the serving certificate.
-		bundle, err := certmanager.WaitCABundle(ctx, e.Client, release, time.Minute)
-		require.NoError(t, err)
-		s, err := e.Client.CoreV1().Secrets(namespace).Get(ctx, servingCert, metav1.GetOptions{})
-		require.NoError(t, err)
-		assert.Equal(t, string(s.Data["ca.crt"]), string(bundle))
+		// cainjector wrote the CA that signed the serving certificate. The
+		// bundle holds it rather than is it: cert-manager can issue the CA
+		// twice on a fresh install, and cainjector merges the second into
+		// the bundle, keeping the first.
+		var bundle []byte
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			b, err := certmanager.WaitCABundle(ctx, e.Client, release, time.Minute)
+			require.NoError(c, err)
+			s, err := e.Client.CoreV1().Secrets(namespace).Get(ctx, servingCert, metav1.GetOptions{})
+			require.NoError(c, err)
+			require.NotEmpty(c, s.Data["ca.crt"])
+			assert.Contains(c, string(b), string(s.Data["ca.crt"]))
+			bundle = b
+		}, time.Minute, 500*time.Millisecond)
 		pool := x509.NewCertPool()
 		require.True(t, pool.AppendCertsFromPEM(bundle))
 		_, err = e.leaf(t).Verify(x509.VerifyOptions{Roots: pool, DNSName: release + "." + namespace + ".svc"})

@@ -145,25 +145,35 @@ else
     diagnose "helm install failed"
 fi
 
-# 4. The README's waits, then more than it asks: the injected caBundle is the
-# CA in the serving Secret, and both replicas are Ready.
+# 4. The README's waits, then more than it asks: the injected caBundle holds
+# the CA in the serving Secret, and both replicas are Ready.
 if [ "$CERT_MODE" = cert-manager ]; then
   phase "waiting for the Certificate and the caBundle"
   k -n "$NAMESPACE" wait "certificate/$FULLNAME-serving-cert" --for=condition=Ready --timeout=2m >&2 ||
     diagnose "Certificate $FULLNAME-serving-cert not Ready"
   k wait "mutatingwebhookconfiguration/$FULLNAME" --for=jsonpath='{.webhooks[0].clientConfig.caBundle}' --timeout=2m >&2 ||
     diagnose "cainjector did not inject the caBundle"
-  # Every webhook's caBundle is the serving Secret's CA (after an upgrade
-  # from secret mode, the old bundle may still be there for a moment).
-  bundle_is_ca() {
-    local ca n bundles
+  # Every webhook's caBundle holds the serving Secret's CA (after an upgrade
+  # from secret mode, the old bundle may still be there for a moment). Holds,
+  # not is: cainjector merges a new CA into the bundle, keeping the ones that
+  # have not expired, and cert-manager can issue the CA twice on a fresh
+  # install (a race in its controllers); the bundle then has both, which is
+  # harmless as they share the key (rotationPolicy Never).
+  bundle_has_ca() {
+    local ca b bundles
     ca=$(k -n "$NAMESPACE" get secret "$FULLNAME-serving-cert" -o 'jsonpath={.data.ca\.crt}') && [ -n "$ca" ] || return 1
-    n=$(k get mutatingwebhookconfiguration "$FULLNAME" -o 'jsonpath={range .webhooks[*]}x{end}')
-    bundles=$(k get mutatingwebhookconfiguration "$FULLNAME" -o 'jsonpath={range .webhooks[*]}{.clientConfig.caBundle}{"\n"}{end}')
-    [ -n "$n" ] && [ "$(grep -cxF -- "$ca" <<<"$bundles")" = "${#n}" ]
+    ca=$(base64 -d <<<"$ca") || return 1
+    bundles=$(k get mutatingwebhookconfiguration "$FULLNAME" -o 'jsonpath={range .webhooks[*]}{.clientConfig.caBundle}{"\n"}{end}') || return 1
+    [ -n "$bundles" ] || return 1
+    while read -r b; do
+      [ -n "$b" ] && [[ "$(base64 -d <<<"$b")" == *"$ca"* ]] || return 1
+    done <<<"$bundles"
   }
-  wait_for 60 "the caBundle to be the CA of Secret $FULLNAME-serving-cert" bundle_is_ca ||
-    diagnose "the webhook's caBundle is not the CA of Secret $FULLNAME-serving-cert"
+  if ! wait_for 60 "the caBundle to hold the CA of Secret $FULLNAME-serving-cert" bundle_has_ca; then
+    k get mutatingwebhookconfiguration "$FULLNAME" -o 'jsonpath={range .webhooks[*]}{.clientConfig.caBundle}{"\n"}{end}' |
+      while read -r b; do log "deploy: a caBundle of $(base64 -d <<<"$b" | grep -c 'BEGIN CERTIFICATE') certificate(s)"; done || true
+    diagnose "the webhook's caBundle does not hold the CA of Secret $FULLNAME-serving-cert"
+  fi
 fi
 phase "waiting for the rollout"
 k -n "$NAMESPACE" rollout status "deployment/$FULLNAME" --timeout=3m >&2 || diagnose "deployment $FULLNAME not rolled out"
