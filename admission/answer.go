@@ -7,7 +7,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/podmeta/podmeta/patch"
+	"github.com/podmeta/podmeta/internal/jsonstr"
 )
 
 // appendAnswer appends the JSON of the AdmissionReview answering with resp:
@@ -28,16 +28,16 @@ func appendAnswer(b []byte, typ metav1.TypeMeta, resp *admissionv1.AdmissionResp
 	b = append(b, '{')
 	if typ.Kind != "" {
 		b = append(b, `"kind":`...)
-		b = patch.AppendString(b, typ.Kind)
+		b = jsonstr.Append(b, typ.Kind)
 		b = append(b, ',')
 	}
 	if typ.APIVersion != "" {
 		b = append(b, `"apiVersion":`...)
-		b = patch.AppendString(b, typ.APIVersion)
+		b = jsonstr.Append(b, typ.APIVersion)
 		b = append(b, ',')
 	}
 	b = append(b, `"response":{"uid":`...)
-	b = patch.AppendString(b, string(resp.UID))
+	b = jsonstr.Append(b, string(resp.UID))
 	if resp.Allowed {
 		b = append(b, `,"allowed":true`...)
 	} else {
@@ -52,7 +52,7 @@ func appendAnswer(b []byte, typ metav1.TypeMeta, resp *admissionv1.AdmissionResp
 	}
 	if resp.PatchType != nil {
 		b = append(b, `,"patchType":`...)
-		b = patch.AppendString(b, string(*resp.PatchType))
+		b = jsonstr.Append(b, string(*resp.PatchType))
 	}
 	if len(resp.Warnings) > 0 {
 		b = append(b, `,"warnings":[`...)
@@ -60,7 +60,7 @@ func appendAnswer(b []byte, typ metav1.TypeMeta, resp *admissionv1.AdmissionResp
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = patch.AppendString(b, w)
+			b = jsonstr.Append(b, w)
 		}
 		b = append(b, ']')
 	}

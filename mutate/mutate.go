@@ -236,6 +236,15 @@ func (in *injection) envTemplate() []corev1.EnvVar {
 	tmpl := make([]corev1.EnvVar, 0, len(envKeys))
 	var sels []corev1.ResourceFieldSelector
 	var selAt []int // the tmpl index of each of sels
+	// The field sources, allocated together: by capacity, no append moves
+	// them.
+	fields := make([]corev1.ObjectFieldSelector, 0, len(envKeys))
+	fieldSrcs := make([]corev1.EnvVarSource, 0, len(envKeys))
+	fieldRef := func(path string) *corev1.EnvVarSource {
+		fields = append(fields, corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: path})
+		fieldSrcs = append(fieldSrcs, corev1.EnvVarSource{FieldRef: &fields[len(fields)-1]})
+		return &fieldSrcs[len(fieldSrcs)-1]
+	}
 	for _, k := range envKeys {
 		name := in.cfg.EnvNames[k]
 		if name == "" || !in.s.env && k != EnvAmbassadorURL {
@@ -291,10 +300,6 @@ func (in *injection) envTemplate() []corev1.EnvVar {
 		tmpl[i].ValueFrom = &srcs[j]
 	}
 	return tmpl
-}
-
-func fieldRef(path string) *corev1.EnvVarSource {
-	return &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: path}}
 }
 
 // CPU in millicores, memory in bytes: integers an app can use directly.
@@ -518,17 +523,28 @@ var containerFiles = []struct{ file, resource string }{
 
 func (in *injection) downwardAPI() *corev1.DownwardAPIVolumeSource {
 	items := make([]corev1.DownwardAPIVolumeFile, 0, len(podFiles)+len(containerFiles)*len(in.selected))
-	for _, f := range podFiles {
-		items = append(items, corev1.DownwardAPIVolumeFile{Path: f.path, FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: f.field}})
+	fields := make([]corev1.ObjectFieldSelector, len(podFiles))
+	for i, f := range podFiles {
+		fields[i] = corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: f.field}
+		items = append(items, corev1.DownwardAPIVolumeFile{Path: f.path, FieldRef: &fields[i]})
 	}
 	sels := make([]corev1.ResourceFieldSelector, 0, len(containerFiles)*len(in.selected))
+	var buf [256]byte
 	for _, c := range in.selected {
 		if in.skipClash(c) {
 			continue
 		}
+		// A container's file paths are substrings of one string.
+		paths := buf[:0]
 		for _, f := range containerFiles {
+			paths = append(append(append(paths, c.Name...), '/'), f.file...)
+		}
+		all := string(paths)
+		for _, f := range containerFiles {
+			n := len(c.Name) + 1 + len(f.file)
 			sels = append(sels, resourceSelector(c.Name, f.resource))
-			items = append(items, corev1.DownwardAPIVolumeFile{Path: c.Name + "/" + f.file, ResourceFieldRef: &sels[len(sels)-1]})
+			items = append(items, corev1.DownwardAPIVolumeFile{Path: all[:n], ResourceFieldRef: &sels[len(sels)-1]})
+			all = all[n:]
 		}
 	}
 	return &corev1.DownwardAPIVolumeSource{Items: items}

@@ -8,6 +8,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/podmeta/podmeta/internal/jsonstr"
 )
 
 // Marshal encodes ops as a JSON Patch document, byte for byte what
@@ -37,9 +39,9 @@ func Append(b []byte, ops []Operation) ([]byte, error) {
 			b = append(b, ',')
 		}
 		b = append(b, `{"op":`...)
-		b = appendString(b, ops[i].Op)
+		b = jsonstr.Append(b, ops[i].Op)
 		b = append(b, `,"path":`...)
-		b = appendString(b, ops[i].Path)
+		b = jsonstr.Append(b, ops[i].Path)
 		b = append(b, `,"value":`...)
 		var err error
 		if b, err = appendValue(b, ops[i].Value); err != nil {
@@ -55,7 +57,7 @@ func appendValue(b []byte, v any) ([]byte, error) {
 	ok := false
 	switch v := v.(type) {
 	case string:
-		return appendString(b, v), nil
+		return jsonstr.Append(b, v), nil
 	case map[string]string:
 		return appendStringMap(b, v), nil
 	case *corev1.EnvVar:
@@ -128,10 +130,10 @@ func appendList[T any](b []byte, list []T, one func([]byte, *T) ([]byte, bool)) 
 
 func appendEnvVar(b []byte, e *corev1.EnvVar) ([]byte, bool) {
 	b = append(b, `{"name":`...)
-	b = appendString(b, e.Name)
+	b = jsonstr.Append(b, e.Name)
 	if e.Value != "" {
 		b = append(b, `,"value":`...)
-		b = appendString(b, e.Value)
+		b = jsonstr.Append(b, e.Value)
 	}
 	if s := e.ValueFrom; s != nil {
 		if s.ConfigMapKeyRef != nil || s.SecretKeyRef != nil || s.FileKeyRef != nil {
@@ -163,11 +165,11 @@ func appendFieldSelector(b []byte, s *corev1.ObjectFieldSelector) []byte {
 	b = append(b, '{')
 	if s.APIVersion != "" {
 		b = append(b, `"apiVersion":`...)
-		b = appendString(b, s.APIVersion)
+		b = jsonstr.Append(b, s.APIVersion)
 		b = append(b, ',')
 	}
 	b = append(b, `"fieldPath":`...)
-	b = appendString(b, s.FieldPath)
+	b = jsonstr.Append(b, s.FieldPath)
 	return append(b, '}')
 }
 
@@ -175,23 +177,25 @@ func appendResourceSelector(b []byte, s *corev1.ResourceFieldSelector) ([]byte, 
 	b = append(b, '{')
 	if s.ContainerName != "" {
 		b = append(b, `"containerName":`...)
-		b = appendString(b, s.ContainerName)
+		b = jsonstr.Append(b, s.ContainerName)
 		b = append(b, ',')
 	}
 	b = append(b, `"resource":`...)
-	b = appendString(b, s.Resource)
+	b = jsonstr.Append(b, s.Resource)
 	// omitempty never omits a struct: encoding/json always writes divisor.
 	b = append(b, `,"divisor":`...)
 	b, ok := appendQuantity(b, &s.Divisor)
 	return append(b, '}'), ok
 }
 
+// appendQuantity writes q as Quantity.MarshalJSON does (its canonical
+// form), without MarshalJSON's allocation.
 func appendQuantity(b []byte, q *resource.Quantity) ([]byte, bool) {
-	enc, err := q.MarshalJSON()
-	if err != nil {
-		return b, false
-	}
-	return append(b, enc...), true
+	b = append(b, '"')
+	number, suffix := q.CanonicalizeBytes(b[len(b):])
+	b = append(b, number...) // usually onto itself
+	b = append(b, suffix...)
+	return append(b, '"'), true
 }
 
 func appendVolumeMount(b []byte, m *corev1.VolumeMount) ([]byte, bool) {
@@ -199,19 +203,19 @@ func appendVolumeMount(b []byte, m *corev1.VolumeMount) ([]byte, bool) {
 		return b, false
 	}
 	b = append(b, `{"name":`...)
-	b = appendString(b, m.Name)
+	b = jsonstr.Append(b, m.Name)
 	if m.ReadOnly {
 		b = append(b, `,"readOnly":true`...)
 	}
 	b = append(b, `,"mountPath":`...)
-	b = appendString(b, m.MountPath)
+	b = jsonstr.Append(b, m.MountPath)
 	if m.SubPath != "" {
 		b = append(b, `,"subPath":`...)
-		b = appendString(b, m.SubPath)
+		b = jsonstr.Append(b, m.SubPath)
 	}
 	if m.SubPathExpr != "" {
 		b = append(b, `,"subPathExpr":`...)
-		b = appendString(b, m.SubPathExpr)
+		b = jsonstr.Append(b, m.SubPathExpr)
 	}
 	return append(b, '}'), true
 }
@@ -222,7 +226,7 @@ func appendVolumeMount(b []byte, m *corev1.VolumeMount) ([]byte, bool) {
 func appendVolume(b []byte, v *corev1.Volume) ([]byte, bool) {
 	if p := v.Projected; p != nil && v.VolumeSource == (corev1.VolumeSource{Projected: p}) {
 		b = append(b, `{"name":`...)
-		b = appendString(b, v.Name)
+		b = jsonstr.Append(b, v.Name)
 		b = append(b, `,"projected":`...)
 		b, ok := appendProjected(b, p)
 		return append(b, '}'), ok
@@ -232,7 +236,7 @@ func appendVolume(b []byte, v *corev1.Volume) ([]byte, bool) {
 		return b, false
 	}
 	b = append(b, `{"name":`...)
-	b = appendString(b, v.Name)
+	b = jsonstr.Append(b, v.Name)
 	b = append(b, `,"downwardAPI":{`...)
 	b, ok := appendDownwardItems(b, d.Items)
 	return append(b, "}}"...), ok
@@ -252,7 +256,7 @@ func appendDownwardItem(b []byte, it *corev1.DownwardAPIVolumeFile) ([]byte, boo
 		return b, false
 	}
 	b = append(b, `{"path":`...)
-	b = appendString(b, it.Path)
+	b = jsonstr.Append(b, it.Path)
 	if it.FieldRef != nil {
 		b = append(b, `,"fieldRef":`...)
 		b = appendFieldSelector(b, it.FieldRef)
@@ -276,40 +280,9 @@ func appendStringMap(b []byte, m map[string]string) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendString(b, k)
+		b = jsonstr.Append(b, k)
 		b = append(b, ':')
-		b = appendString(b, m[k])
+		b = jsonstr.Append(b, m[k])
 	}
 	return append(b, '}')
 }
-
-// AppendString appends s as a JSON string, exactly as encoding/json writes
-// it (HTML characters escaped): for callers that write JSON by hand next to
-// a patch, like the webhook's answer.
-func AppendString(b []byte, s string) []byte { return appendString(b, s) }
-
-// appendString quotes s. Printable ASCII without the characters
-// encoding/json escapes is copied as is; anything else (control
-// characters, <, >, &, non-ASCII, invalid UTF-8) is left to encoding/json so
-// the escaping is exactly its own.
-func appendString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if !plain[s[i]] {
-			enc, _ := json.Marshal(s) // a string always encodes
-			return append(b, enc...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
-}
-
-// plain marks the bytes appendString copies as they are: one load per
-// byte instead of seven comparisons (the loop was 3 % of the webhook's CPU
-// under load; a table is 40 % faster on the patch's strings).
-var plain = func() (t [256]bool) {
-	for c := 0x20; c <= 0x7e; c++ {
-		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
-	}
-	return t
-}()

@@ -7,6 +7,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/podmeta/podmeta/internal/jsonstr"
 )
 
 // The ambassador container and its projected token volume, written by hand
@@ -26,10 +28,10 @@ func appendContainer(b []byte, c *corev1.Container) ([]byte, bool) {
 	}
 	var ok bool
 	b = append(b, `{"name":`...)
-	b = appendString(b, c.Name)
+	b = jsonstr.Append(b, c.Name)
 	if c.Image != "" {
 		b = append(b, `,"image":`...)
-		b = appendString(b, c.Image)
+		b = jsonstr.Append(b, c.Image)
 	}
 	if len(c.Args) > 0 {
 		b = append(b, `,"args":`...)
@@ -61,7 +63,7 @@ func appendContainer(b []byte, c *corev1.Container) ([]byte, bool) {
 	b = append(b, '}')
 	if c.RestartPolicy != nil {
 		b = append(b, `,"restartPolicy":`...)
-		b = appendString(b, string(*c.RestartPolicy))
+		b = jsonstr.Append(b, string(*c.RestartPolicy))
 	}
 	if len(c.VolumeMounts) > 0 {
 		b = append(b, `,"volumeMounts":`...)
@@ -82,11 +84,11 @@ func appendContainer(b []byte, c *corev1.Container) ([]byte, bool) {
 	}
 	if c.TerminationMessagePolicy != "" {
 		b = append(b, `,"terminationMessagePolicy":`...)
-		b = appendString(b, string(c.TerminationMessagePolicy))
+		b = jsonstr.Append(b, string(c.TerminationMessagePolicy))
 	}
 	if c.ImagePullPolicy != "" {
 		b = append(b, `,"imagePullPolicy":`...)
-		b = appendString(b, string(c.ImagePullPolicy))
+		b = jsonstr.Append(b, string(c.ImagePullPolicy))
 	}
 	if c.SecurityContext != nil {
 		b = append(b, `,"securityContext":`...)
@@ -103,7 +105,7 @@ func appendStrings[S ~string](b []byte, list []S) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendString(b, string(s))
+		b = jsonstr.Append(b, string(s))
 	}
 	return append(b, ']')
 }
@@ -116,7 +118,7 @@ func appendResourceList(b []byte, l corev1.ResourceList) ([]byte, bool) {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendString(b, string(k))
+		b = jsonstr.Append(b, string(k))
 		b = append(b, ':')
 		q := l[k]
 		var ok bool
@@ -136,7 +138,7 @@ func appendProbe(b []byte, p *corev1.Probe) ([]byte, bool) {
 	b = append(b, `{"httpGet":{`...)
 	if h.Path != "" {
 		b = append(b, `"path":`...)
-		b = appendString(b, h.Path)
+		b = jsonstr.Append(b, h.Path)
 		b = append(b, ',')
 	}
 	b = append(b, `"port":`...)
@@ -144,7 +146,7 @@ func appendProbe(b []byte, p *corev1.Probe) ([]byte, bool) {
 	case intstr.Int:
 		b = strconv.AppendInt(b, int64(h.Port.IntVal), 10)
 	case intstr.String:
-		b = appendString(b, h.Port.StrVal)
+		b = jsonstr.Append(b, h.Port.StrVal)
 	default:
 		return b, false
 	}
@@ -214,7 +216,7 @@ func appendSecurityContext(b []byte, s *corev1.SecurityContext) ([]byte, bool) {
 	}
 	if p := s.SeccompProfile; p != nil {
 		field(`"seccompProfile":{"type":`)
-		b = appendString(b, string(p.Type))
+		b = jsonstr.Append(b, string(p.Type))
 		b = append(b, '}')
 	}
 	return append(b, '}'), true
@@ -265,7 +267,7 @@ func appendProjection(b []byte, s *corev1.VolumeProjection) ([]byte, bool) {
 		b = append(b, `{"configMap":{`...)
 		if c.Name != "" {
 			b = append(b, `"name":`...)
-			b = appendString(b, c.Name)
+			b = jsonstr.Append(b, c.Name)
 			if len(c.Items) > 0 {
 				b = append(b, ',')
 			}
@@ -286,7 +288,7 @@ func appendProjection(b []byte, s *corev1.VolumeProjection) ([]byte, bool) {
 		b = append(b, `{"serviceAccountToken":{`...)
 		if t.Audience != "" {
 			b = append(b, `"audience":`...)
-			b = appendString(b, t.Audience)
+			b = jsonstr.Append(b, t.Audience)
 			b = append(b, ',')
 		}
 		if t.ExpirationSeconds != nil {
@@ -295,7 +297,7 @@ func appendProjection(b []byte, s *corev1.VolumeProjection) ([]byte, bool) {
 			b = append(b, ',')
 		}
 		b = append(b, `"path":`...)
-		b = appendString(b, t.Path)
+		b = jsonstr.Append(b, t.Path)
 		return append(b, "}}"...), true
 	}
 	return b, false
@@ -306,8 +308,8 @@ func appendKeyToPath(b []byte, k *corev1.KeyToPath) ([]byte, bool) {
 		return b, false
 	}
 	b = append(b, `{"key":`...)
-	b = appendString(b, k.Key)
+	b = jsonstr.Append(b, k.Key)
 	b = append(b, `,"path":`...)
-	b = appendString(b, k.Path)
+	b = jsonstr.Append(b, k.Path)
 	return append(b, '}'), true
 }

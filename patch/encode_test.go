@@ -267,14 +267,18 @@ func TestFastPathTaken(t *testing.T) {
 	assert.False(t, ok, "a field the fast path does not write")
 }
 
-// TestAppendStringEveryByte: every byte value, alone and amid plain text,
-// is quoted exactly as encoding/json quotes it.
-func TestAppendStringEveryByte(t *testing.T) {
-	for c := range 256 {
-		for _, s := range []string{string([]byte{byte(c)}), "ab" + string([]byte{byte(c)}) + "cd"} {
-			want, err := json.Marshal(s)
-			require.NoError(t, err)
-			assert.Equal(t, string(want), string(appendString(nil, s)), "byte %#x", c)
+// appendQuantity writes what Quantity.MarshalJSON writes, for canonical
+// strings (which ParseQuantity caches) and others, in a buffer with and
+// without room.
+func TestAppendQuantity(t *testing.T) {
+	for _, s := range []string{"0", "1", "1m", "1000m", "0.5", "1e3", "500m", "512Mi", "1.5Gi", "100M", "2k", "1Ki", "-1", "123456789012345678901234567890", "0.000000001", "1n"} {
+		q := resource.MustParse(s)
+		want, err := q.MarshalJSON()
+		require.NoError(t, err)
+		for _, room := range []int{0, 64} {
+			b, ok := appendQuantity(append(make([]byte, 0, 3+room), "ab,"...), &q)
+			require.True(t, ok)
+			assert.Equal(t, "ab,"+string(want), string(b), "%s (room %d)", s, room)
 		}
 	}
 }

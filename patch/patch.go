@@ -115,6 +115,16 @@ func listAdds[T any](ops []Operation, path string, orig, mutated []T, key func(*
 		}
 		return ops, nil
 	}
+	// The paths of this list's ops are written one after another into one
+	// buffer and become substrings of one string: a string per op was 3 %
+	// of a review's CPU (a pod gets dozens of env vars).
+	var (
+		arena  [1024]byte
+		paths  = arena[:0]
+		added  []pathAt
+		addBuf [64]pathAt
+	)
+	added = addBuf[:0]
 	j := 0
 	for i := range mutated {
 		m := &mutated[i]
@@ -128,13 +138,23 @@ func listAdds[T any](ops []Operation, path string, orig, mutated []T, key func(*
 			j++
 			continue
 		}
-		ops = append(ops, Operation{Op: "add", Path: path + "/" + strconv.Itoa(i), Value: m})
+		start := len(paths)
+		paths = strconv.AppendInt(append(append(paths, path...), '/'), int64(i), 10)
+		added = append(added, pathAt{op: len(ops), start: start, end: len(paths)})
+		ops = append(ops, Operation{Op: "add", Value: m})
 	}
 	if j != len(orig) {
 		return nil, fmt.Errorf("%s: element %q of the original is missing or moved in the mutated pod", path, key(&orig[j]))
 	}
+	all := string(paths)
+	for _, a := range added {
+		ops[a.op].Path = all[a.start:a.end]
+	}
 	return ops, nil
 }
+
+// pathAt is where the path of ops[op] is in listAdds' buffer.
+type pathAt struct{ op, start, end int }
 
 // mapAdds adds the keys mutated gained or changed, in sorted order for
 // deterministic patches. "add" on an existing member replaces its value
