@@ -2,6 +2,7 @@ package admission
 
 import (
 	"fmt"
+	"hash/maphash"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -15,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -235,4 +237,33 @@ func TestIntern(t *testing.T) {
 	assert.Same(t, unsafe.StringData(first), unsafe.StringData(intern(b)), "seen before: the same string")
 	assert.Zero(t, testing.AllocsPerRun(100, func() { _ = intern(b) }))
 	assert.NotSame(t, unsafe.StringData(intern(long)), unsafe.StringData(intern(long)), "long strings are not kept")
+}
+
+// parseQuantity gives what resource.ParseQuantity gives, from the table or
+// not, and keeps only quantities held in an int64.
+func TestParseQuantity(t *testing.T) {
+	for _, s := range []string{"500m", "512Mi", "1", "0", "1.5", "100M", "2Ti", "999999Ti", "1e3", "123456789012345678", "0.000000000001", "12345678901234567890123"} {
+		want, wantErr := resource.ParseQuantity(s)
+		for range 2 { // the second from the table, if kept
+			got, err := parseQuantity([]byte(s))
+			if wantErr != nil {
+				require.Error(t, err, s)
+				continue
+			}
+			require.NoError(t, err, s)
+			assert.True(t, want.Equal(got), "%s: %v", s, got)
+			assert.Equal(t, want.String(), got.String(), s)
+		}
+	}
+	_, err := parseQuantity([]byte("12x"))
+	require.Error(t, err)
+
+	int64Backed := resource.MustParse("500m")
+	assert.True(t, isInt64Quantity(&int64Backed))
+	decBacked := resource.MustParse("0.000000000001")
+	assert.False(t, isInt64Quantity(&decBacked), "a quantity below nano scale is an inf.Dec")
+	slot := &quantityTable[maphash.Bytes(internSeed, []byte("0.000000000001"))%uint64(len(quantityTable))]
+	if p := slot.Load(); p != nil {
+		assert.NotEqual(t, "0.000000000001", p.raw, "an inf.Dec quantity was kept")
+	}
 }
