@@ -206,6 +206,15 @@ func BenchmarkHandler(b *testing.B) {
 				}
 			})
 		})
+		// The fast path's decode alone (what handler does first).
+		b.Run(name+"/decode", func(b *testing.B) {
+			b.SetBytes(int64(len(body)))
+			loop(b, func() {
+				if _, _, pod, err := decode(body); err != nil || pod == nil {
+					b.Fatal(err)
+				}
+			})
+		})
 		b.Run(name+"/handler", func(b *testing.B) {
 			b.SetBytes(int64(len(body)))
 			// A bare request and writer: httptest's parse the request line

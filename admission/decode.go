@@ -28,19 +28,19 @@ type podRequest struct {
 // decode returns the review's type, its request and, for a request whose
 // object decodes as a Pod, that pod.
 //
-// The fast path is encoding/json/v2 (github.com/go-json-experiment/json, the
-// standard library's v2 from Go 1.27 on), with hand decoders on its tokens
-// for the review's most common members (handdecode.go): it matches names
-// case-sensitively like the API server, and rejects duplicate names and
-// invalid UTF-8. Anything it refuses (another kind of object, malformed or
-// merely unusual input) takes the general path, the API server's own
+// The fast path reads the review with hand decoders (handdecode.go) on a
+// scanner that validates as jsontext does (scan.go), for the review's
+// common members, and with encoding/json/v2 (github.com/go-json-experiment/
+// json, the standard library's from Go 1.27 on) for the rest. It matches
+// names case-sensitively like the API server, and refuses duplicate names
+// and invalid UTF-8. Anything it refuses (another kind of object, malformed
+// or merely unusual input) takes the general path, the API server's own
 // decoder (sigs.k8s.io/json), which also yields the precise error.
 //
 // The fast path also leaves out the parts of a pod that mutate never reads
 // (see unread), checking only that they are well-formed JSON.
 func decode(body []byte) (metav1.TypeMeta, *admissionv1.AdmissionRequest, *corev1.Pod, error) {
-	var pr podReview
-	if err := jsonv2.Unmarshal(body, &pr, fast); err == nil {
+	if pr, err := decodeFast(body); err == nil {
 		if pr.Request == nil {
 			return pr.TypeMeta, nil, nil, nil
 		}
@@ -59,6 +59,20 @@ func decode(body []byte) (metav1.TypeMeta, *admissionv1.AdmissionRequest, *corev
 		return metav1.TypeMeta{}, nil, nil, badRequest("decode request object as a Pod: %v", err)
 	}
 	return review.TypeMeta, req, pod, nil
+}
+
+// decodeFast is the fast path: exactly what jsonv2 with unread gives, or
+// an error (FuzzHandDecode).
+func decodeFast(body []byte) (*podReview, error) {
+	d := &scanner{b: body}
+	pr := new(podReview)
+	if err := handReview(d, pr); err != nil {
+		return nil, err
+	}
+	if err := d.end(); err != nil {
+		return nil, err
+	}
+	return pr, nil
 }
 
 // unread lists the types in a Pod that mutate.Pod never reads, so the fast
@@ -92,12 +106,25 @@ var unreadTypes = []unreadType{
 // unread are the unmarshalers that leave the unread types out, and keep
 // only CPU and memory of resources.
 var unread = func() *jsonv2.Unmarshalers {
-	u := []*jsonv2.Unmarshalers{jsonv2.UnmarshalFromFunc(resourcesQoS)}
+	u := []*jsonv2.Unmarshalers{jsonv2.UnmarshalFromFunc(func(dec *jsontext.Decoder, r *corev1.ResourceRequirements) error {
+		raw, err := dec.ReadValue() // validated by jsontext
+		if err != nil {
+			return err
+		}
+		s := &scanner{b: raw}
+		if err := resourcesQoS(s, r); err != nil {
+			return err
+		}
+		return s.end()
+	})}
 	for _, t := range unreadTypes {
 		u = append(u, t.skip)
 	}
 	return jsonv2.JoinUnmarshalers(u...)
 }()
+
+// withUnread: the options of the hand decoders' calls into jsonv2.
+var withUnread = jsonv2.WithUnmarshalers(unread)
 
 // unreadType is a type the fast path leaves out, and its unmarshaler.
 type unreadType struct {
@@ -119,20 +146,6 @@ func isUnread(t reflect.Type) bool {
 	}
 	return false
 }
-
-// fast is the fast path's options: unread, and the hand decoders of the
-// review's most common types (see handdecode.go). Without the hand
-// decoders, jsonv2 gives the same pod (FuzzHandDecode).
-var fast = jsonv2.WithUnmarshalers(jsonv2.JoinUnmarshalers(
-	unread,
-	jsonv2.UnmarshalFromFunc(handReview),
-	jsonv2.UnmarshalFromFunc(func(dec *jsontext.Decoder, s *[]corev1.Container) error {
-		return list(dec, s, containerScratch, handContainer)
-	}),
-	jsonv2.UnmarshalFromFunc(func(dec *jsontext.Decoder, s *[]corev1.EnvVar) error {
-		return list(dec, s, envScratch, handEnv)
-	}),
-))
 
 // unmarshal decodes like the API server does: field names are case
 // sensitive. encoding/json would take "sPec" for "spec", and a patch for

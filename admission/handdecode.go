@@ -20,41 +20,21 @@ import (
 )
 
 // Hand decoders for the members nearly every review has (the request's
-// identity, metadata, containers, env vars, ports, mounts), reading
-// jsontext's tokens straight into the API types. For these, jsonv2's
-// reflection (a sync.Map lookup of each value's type, a field lookup per
-// member, an options merge per nested call) cost three times the reading
-// of the tokens: the hand decoders took the medium review's decode from
-// about 100 to 80 µs and a tenth off the whole review's CPU.
+// identity, metadata, containers, env vars, ports, mounts), reading the
+// scanner's tokens (scan.go) straight into the API types. For these,
+// jsonv2's reflection (a sync.Map lookup of each value's type, a field
+// lookup per member, an options merge per nested call) cost three times
+// the reading of the tokens: the hand decoders took the medium review's
+// decode from about 100 to 80 µs and a tenth off the whole review's CPU;
+// the scanner, in place of jsontext's Decoder, a further quarter.
 //
 // Every member a hand decoder does not name goes to jsonv2 through the
-// type's fieldIndex, with the call's options (so unread still applies):
-// a field added to k8s.io/api later decodes as before without a change
-// here. The result must be exactly what jsonv2 with unread alone gives, or
+// type's fieldIndex, with unread: a field added to k8s.io/api later
+// decodes as before without a change here. The result must be exactly what jsonv2 with unread alone gives, or
 // an error (the general path then decides): FuzzHandDecode compares the two.
 
-// object reads an object's members, calling member with each name
-// (unquoted; valid until the decoder's next read). null leaves the target
-// as it is: jsonv2 zeroes it, and every target here is new (zero).
-func object(dec *jsontext.Decoder, member func(name []byte) error) error {
-	if open, err := openObject(dec); !open {
-		return err
-	}
-	for dec.PeekKind() != '}' {
-		name, err := readString(dec)
-		if err != nil {
-			return err
-		}
-		if err := member(name); err != nil {
-			return err
-		}
-	}
-	_, err := dec.ReadToken()
-	return err
-}
-
 // stringValue reads a string; null is "".
-func stringValue(dec *jsontext.Decoder) (string, error) {
+func stringValue(dec *scanner) (string, error) {
 	raw, err := dec.ReadValue()
 	if err != nil {
 		return "", err
@@ -96,13 +76,13 @@ func intern(b []byte) string {
 }
 
 // stringAs reads a string into a string type.
-func stringAs[T ~string](dec *jsontext.Decoder, v *T) error {
+func stringAs[T ~string](dec *scanner, v *T) error {
 	s, err := stringValue(dec)
 	*v = T(s)
 	return err
 }
 
-func boolValue(dec *jsontext.Decoder) (bool, error) {
+func boolValue(dec *scanner) (bool, error) {
 	raw, err := dec.ReadValue()
 	if err != nil {
 		return false, err
@@ -117,7 +97,7 @@ func boolValue(dec *jsontext.Decoder) (bool, error) {
 
 // intValue reads an integer that fits bits bits, as jsonv2 does (no
 // fraction, no exponent); null is 0.
-func intValue(dec *jsontext.Decoder, bits int) (int64, error) {
+func intValue(dec *scanner, bits int) (int64, error) {
 	raw, err := dec.ReadValue()
 	if err != nil {
 		return 0, err
@@ -133,23 +113,21 @@ func intValue(dec *jsontext.Decoder, bits int) (int64, error) {
 }
 
 // ptrTo reads a value into a new T at *p with read; null is nil.
-func ptrTo[T any](dec *jsontext.Decoder, p **T, read func(*jsontext.Decoder, *T) error) error {
+func ptrTo[T any](dec *scanner, p **T, read func(*scanner, *T) error) error {
 	if dec.PeekKind() == 'n' {
-		_, err := dec.ReadToken()
 		*p = nil
-		return err
+		return dec.readNull()
 	}
 	*p = new(T)
 	return read(dec, *p)
 }
 
 // stringMap reads an object of strings (labels, annotations); null is nil.
-func stringMap(dec *jsontext.Decoder, m *map[string]string) error {
+func stringMap(dec *scanner, m *map[string]string) error {
 	switch k := dec.PeekKind(); k {
 	case 'n':
-		_, err := dec.ReadToken()
 		*m = nil
-		return err
+		return dec.readNull()
 	case '{':
 	default:
 		return fmt.Errorf("want an object, got %v", k)
@@ -171,18 +149,14 @@ func stringMap(dec *jsontext.Decoder, m *map[string]string) error {
 // worth) and 10 containers (408 bytes each) five times: a third of the
 // bytes a large pod's review allocated, and garbage the collector then had
 // to chase. The elements go to a pooled scratch slice and are copied once.
-func list[T any](dec *jsontext.Decoder, s *[]T, scratch *sync.Pool, read func(*jsontext.Decoder, *T) error) error {
+func list[T any](dec *scanner, s *[]T, scratch *sync.Pool, read func(*scanner, *T) error) error {
 	switch k := dec.PeekKind(); k {
 	case 'n':
-		_, err := dec.ReadToken()
 		*s = nil
-		return err
+		return dec.readNull()
 	case '[':
 	default:
 		return fmt.Errorf("want an array, got %v", k)
-	}
-	if _, err := dec.ReadToken(); err != nil {
-		return err
 	}
 	buf := scratch.Get().(*[]T)
 	tmp := (*buf)[:0]
@@ -191,14 +165,12 @@ func list[T any](dec *jsontext.Decoder, s *[]T, scratch *sync.Pool, read func(*j
 		*buf = tmp[:0]
 		scratch.Put(buf)
 	}()
-	for dec.PeekKind() != ']' {
+	err := elements(dec, func() error {
 		var zero T
 		tmp = append(tmp, zero)
-		if err := read(dec, &tmp[len(tmp)-1]); err != nil {
-			return err
-		}
-	}
-	if _, err := dec.ReadToken(); err != nil {
+		return read(dec, &tmp[len(tmp)-1])
+	})
+	if err != nil {
 		return err
 	}
 	*s = append(make([]T, 0, len(tmp)), tmp...)
@@ -218,17 +190,17 @@ var (
 	stringScratch    = scratchFor[string]()
 )
 
-func stringElem(dec *jsontext.Decoder, s *string) (err error) {
+func stringElem(dec *scanner, s *string) (err error) {
 	*s, err = stringValue(dec)
 	return err
 }
 
-func boolElem(dec *jsontext.Decoder, b *bool) (err error) {
+func boolElem(dec *scanner, b *bool) (err error) {
 	*b, err = boolValue(dec)
 	return err
 }
 
-func int64Elem(dec *jsontext.Decoder, n *int64) (err error) {
+func int64Elem(dec *scanner, n *int64) (err error) {
 	*n, err = intValue(dec, 64)
 	return err
 }
@@ -309,14 +281,18 @@ func collectFields(t reflect.Type, at []int, out *[]candidate) {
 	}
 }
 
-// decode decodes member name of the struct v points to with jsonv2 (and
-// the decoder's options); an unknown name is skipped, as jsonv2 does.
-func (f fieldIndex) decode(dec *jsontext.Decoder, v reflect.Value, name []byte) error {
+// decode decodes member name of the struct v points to with jsonv2 and
+// unread; an unknown name is skipped, as jsonv2 does.
+func (f fieldIndex) decode(dec *scanner, v reflect.Value, name []byte) error {
 	fd, ok := f[string(name)]
 	if !ok || fd.skip {
 		return dec.SkipValue()
 	}
-	return jsonv2.UnmarshalDecode(dec, v.Elem().FieldByIndex(fd.index).Addr().Interface())
+	raw, err := dec.ReadValue() // validated, within the depth limit
+	if err != nil {
+		return err
+	}
+	return jsonv2.Unmarshal(raw, v.Elem().FieldByIndex(fd.index).Addr().Interface(), withUnread)
 }
 
 var (
@@ -339,7 +315,7 @@ var (
 	fieldRefFields     = fieldsOf[corev1.ObjectFieldSelector]()
 )
 
-func handReview(dec *jsontext.Decoder, r *podReview) error {
+func handReview(dec *scanner, r *podReview) error {
 	return object(dec, func(name []byte) (err error) {
 		switch string(name) {
 		case "kind":
@@ -355,7 +331,7 @@ func handReview(dec *jsontext.Decoder, r *podReview) error {
 	})
 }
 
-func handRequest(dec *jsontext.Decoder, r *podRequest) error {
+func handRequest(dec *scanner, r *podRequest) error {
 	return object(dec, func(name []byte) (err error) {
 		switch string(name) {
 		case "uid":
@@ -389,7 +365,7 @@ func handRequest(dec *jsontext.Decoder, r *podRequest) error {
 	})
 }
 
-func handGVK(dec *jsontext.Decoder, g *metav1.GroupVersionKind) error {
+func handGVK(dec *scanner, g *metav1.GroupVersionKind) error {
 	return object(dec, func(name []byte) (err error) {
 		switch string(name) {
 		case "group":
@@ -405,7 +381,7 @@ func handGVK(dec *jsontext.Decoder, g *metav1.GroupVersionKind) error {
 	})
 }
 
-func handGVR(dec *jsontext.Decoder, g *metav1.GroupVersionResource) error {
+func handGVR(dec *scanner, g *metav1.GroupVersionResource) error {
 	return object(dec, func(name []byte) (err error) {
 		switch string(name) {
 		case "group":
@@ -421,7 +397,7 @@ func handGVR(dec *jsontext.Decoder, g *metav1.GroupVersionResource) error {
 	})
 }
 
-func handUser(dec *jsontext.Decoder, u *authenticationv1.UserInfo) error {
+func handUser(dec *scanner, u *authenticationv1.UserInfo) error {
 	return object(dec, func(name []byte) (err error) {
 		switch string(name) {
 		case "username":
@@ -437,7 +413,7 @@ func handUser(dec *jsontext.Decoder, u *authenticationv1.UserInfo) error {
 	})
 }
 
-func handPod(dec *jsontext.Decoder, p *corev1.Pod) error {
+func handPod(dec *scanner, p *corev1.Pod) error {
 	return object(dec, func(name []byte) (err error) {
 		switch string(name) {
 		case "kind":
@@ -455,7 +431,7 @@ func handPod(dec *jsontext.Decoder, p *corev1.Pod) error {
 	})
 }
 
-func handMeta(dec *jsontext.Decoder, m *metav1.ObjectMeta) error {
+func handMeta(dec *scanner, m *metav1.ObjectMeta) error {
 	return object(dec, func(name []byte) (err error) {
 		switch string(name) {
 		case "name":
@@ -477,7 +453,7 @@ func handMeta(dec *jsontext.Decoder, m *metav1.ObjectMeta) error {
 	})
 }
 
-func handSpec(dec *jsontext.Decoder, s *corev1.PodSpec) error {
+func handSpec(dec *scanner, s *corev1.PodSpec) error {
 	return object(dec, func(name []byte) (err error) {
 		switch string(name) {
 		case "initContainers":
@@ -507,7 +483,7 @@ func handSpec(dec *jsontext.Decoder, s *corev1.PodSpec) error {
 
 // handVolume decodes a volume's name; its source (configMap, secret, …)
 // is left to jsonv2.
-func handVolume(dec *jsontext.Decoder, v *corev1.Volume) error {
+func handVolume(dec *scanner, v *corev1.Volume) error {
 	return object(dec, func(name []byte) (err error) {
 		if string(name) == "name" {
 			v.Name, err = stringValue(dec)
@@ -517,7 +493,7 @@ func handVolume(dec *jsontext.Decoder, v *corev1.Volume) error {
 	})
 }
 
-func handContainer(dec *jsontext.Decoder, c *corev1.Container) error {
+func handContainer(dec *scanner, c *corev1.Container) error {
 	return object(dec, func(name []byte) (err error) {
 		switch string(name) {
 		case "name":
@@ -551,7 +527,7 @@ func handContainer(dec *jsontext.Decoder, c *corev1.Container) error {
 	})
 }
 
-func handPort(dec *jsontext.Decoder, p *corev1.ContainerPort) error {
+func handPort(dec *scanner, p *corev1.ContainerPort) error {
 	return object(dec, func(name []byte) (err error) {
 		switch string(name) {
 		case "name":
@@ -569,7 +545,7 @@ func handPort(dec *jsontext.Decoder, p *corev1.ContainerPort) error {
 	})
 }
 
-func handMount(dec *jsontext.Decoder, m *corev1.VolumeMount) error {
+func handMount(dec *scanner, m *corev1.VolumeMount) error {
 	return object(dec, func(name []byte) (err error) {
 		switch string(name) {
 		case "name":
@@ -587,7 +563,7 @@ func handMount(dec *jsontext.Decoder, m *corev1.VolumeMount) error {
 	})
 }
 
-func handEnv(dec *jsontext.Decoder, e *corev1.EnvVar) error {
+func handEnv(dec *scanner, e *corev1.EnvVar) error {
 	return object(dec, func(name []byte) (err error) {
 		switch string(name) {
 		case "name":
@@ -603,7 +579,7 @@ func handEnv(dec *jsontext.Decoder, e *corev1.EnvVar) error {
 	})
 }
 
-func handSource(dec *jsontext.Decoder, s *corev1.EnvVarSource) error {
+func handSource(dec *scanner, s *corev1.EnvVarSource) error {
 	return object(dec, func(name []byte) (err error) {
 		switch string(name) {
 		case "configMapKeyRef":
@@ -619,7 +595,7 @@ func handSource(dec *jsontext.Decoder, s *corev1.EnvVarSource) error {
 	})
 }
 
-func handConfigMapKey(dec *jsontext.Decoder, k *corev1.ConfigMapKeySelector) error {
+func handConfigMapKey(dec *scanner, k *corev1.ConfigMapKeySelector) error {
 	return object(dec, func(name []byte) error {
 		if ok, err := handKey(dec, name, &k.Name, &k.Key, &k.Optional); ok {
 			return err
@@ -628,7 +604,7 @@ func handConfigMapKey(dec *jsontext.Decoder, k *corev1.ConfigMapKeySelector) err
 	})
 }
 
-func handSecretKey(dec *jsontext.Decoder, k *corev1.SecretKeySelector) error {
+func handSecretKey(dec *scanner, k *corev1.SecretKeySelector) error {
 	return object(dec, func(name []byte) error {
 		if ok, err := handKey(dec, name, &k.Name, &k.Key, &k.Optional); ok {
 			return err
@@ -639,7 +615,7 @@ func handSecretKey(dec *jsontext.Decoder, k *corev1.SecretKeySelector) error {
 
 // handKey decodes a member ConfigMapKeySelector and SecretKeySelector
 // share; false for any other.
-func handKey(dec *jsontext.Decoder, member []byte, name, key *string, optional **bool) (bool, error) {
+func handKey(dec *scanner, member []byte, name, key *string, optional **bool) (bool, error) {
 	var err error
 	switch string(member) {
 	case "name":
@@ -654,7 +630,7 @@ func handKey(dec *jsontext.Decoder, member []byte, name, key *string, optional *
 	return true, err
 }
 
-func handFieldRef(dec *jsontext.Decoder, f *corev1.ObjectFieldSelector) error {
+func handFieldRef(dec *scanner, f *corev1.ObjectFieldSelector) error {
 	return object(dec, func(name []byte) (err error) {
 		switch string(name) {
 		case "apiVersion":
@@ -671,7 +647,7 @@ func handFieldRef(dec *jsontext.Decoder, f *corev1.ObjectFieldSelector) error {
 // resourcesQoS decodes the CPU and memory of a ResourceRequirements'
 // requests and limits, and skips the rest (other resources, claims): the
 // generic decode of the lists was a quarter of the medium pod's decode.
-func resourcesQoS(dec *jsontext.Decoder, r *corev1.ResourceRequirements) error {
+func resourcesQoS(dec *scanner, r *corev1.ResourceRequirements) error {
 	return object(dec, func(name []byte) (err error) {
 		switch string(name) {
 		case "requests":
@@ -685,7 +661,7 @@ func resourcesQoS(dec *jsontext.Decoder, r *corev1.ResourceRequirements) error {
 	})
 }
 
-func cpuMemory(dec *jsontext.Decoder) (l corev1.ResourceList, err error) {
+func cpuMemory(dec *scanner) (l corev1.ResourceList, err error) {
 	err = object(dec, func(name []byte) error {
 		var res corev1.ResourceName
 		switch string(name) {
@@ -760,31 +736,6 @@ func isInt64Quantity(q *resource.Quantity) bool {
 	}
 	dec := d.FieldByName("Dec")
 	return dec.IsValid() && dec.Kind() == reflect.Pointer && dec.IsNil()
-}
-
-// openObject reads the start of an object; false for null (or an error).
-func openObject(dec *jsontext.Decoder) (bool, error) {
-	tok, err := dec.ReadToken()
-	if err != nil {
-		return false, err
-	}
-	switch tok.Kind() {
-	case '{':
-		return true, nil
-	case 'n':
-		return false, nil
-	}
-	return false, fmt.Errorf("want an object, got %v", tok.Kind())
-}
-
-// readString reads a string (or object name) unquoted, without a copy in
-// the usual case of no escapes: valid until the decoder's next call.
-func readString(dec *jsontext.Decoder) ([]byte, error) {
-	raw, err := dec.ReadValue()
-	if err != nil {
-		return nil, err
-	}
-	return unquote(raw)
 }
 
 // unquote returns a JSON string's contents: raw itself, unquoted, when it
