@@ -152,6 +152,10 @@ func (d *scanner) scanString() (escaped bool, err error) {
 	start := d.i
 	d.i++ // the quote
 	for d.i < len(d.b) {
+		if stringPlain[d.b[d.i]] {
+			d.i++
+			continue
+		}
 		c := d.b[d.i]
 		switch {
 		case c == '"':
@@ -180,6 +184,15 @@ func (d *scanner) scanString() (escaped bool, err error) {
 	}
 	return false, errEnd
 }
+
+// stringPlain marks the bytes a string holds as they are: printable ASCII
+// but the quote and the backslash (one load per byte on the common path).
+var stringPlain = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
 
 // scanNumber validates a number as RFC 8259 has it:
 // -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
