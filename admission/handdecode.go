@@ -30,8 +30,9 @@ import (
 //
 // Every member a hand decoder does not name goes to jsonv2 through the
 // type's fieldIndex, with unread: a field added to k8s.io/api later
-// decodes as before without a change here. The result must be exactly what jsonv2 with unread alone gives, or
-// an error (the general path then decides): FuzzHandDecode compares the two.
+// decodes as before without a change here. The result must be exactly
+// what jsonv2 with unread alone gives, or an error (the general path then
+// decides): FuzzHandDecode compares the two.
 
 // stringValue reads a string; null is "".
 func stringValue(dec *scanner) (string, error) {

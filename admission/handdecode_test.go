@@ -318,3 +318,23 @@ func TestParseQuantity(t *testing.T) {
 		assert.NotEqual(t, "0.000000000001", p.raw, "an inf.Dec quantity was kept")
 	}
 }
+
+// isInt64Quantity reads Quantity's private layout: it must still be the
+// one whose only reference is d.Dec (an *inf.Dec), or a kept copy could
+// share something else mutable. Fails when apimachinery changes it.
+func TestQuantityLayout(t *testing.T) {
+	var refs []string
+	var walk func(typ reflect.Type, path string)
+	walk = func(typ reflect.Type, path string) {
+		switch typ.Kind() {
+		case reflect.Struct:
+			for i := range typ.NumField() {
+				walk(typ.Field(i).Type, path+"."+typ.Field(i).Name)
+			}
+		case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Chan, reflect.Func, reflect.Interface, reflect.UnsafePointer:
+			refs = append(refs, path+" "+typ.String())
+		}
+	}
+	walk(reflect.TypeFor[resource.Quantity](), "Quantity")
+	assert.Equal(t, []string{"Quantity.d.Dec *inf.Dec"}, refs)
+}

@@ -84,11 +84,7 @@ func (d *scanner) expect(c byte) error {
 // readNull consumes a null.
 func (d *scanner) readNull() error {
 	d.ws()
-	if !bytes.HasPrefix(d.b[d.i:], []byte("null")) {
-		return errSyntax
-	}
-	d.i += 4
-	return nil
+	return d.literal("null")
 }
 
 // open consumes c ('{' or '[') and counts the depth.
@@ -172,9 +168,7 @@ func (d *scanner) scanString() (escaped bool, err error) {
 			d.i += 2 // the escaped byte is checked by AppendUnquote
 		case c < 0x20:
 			return false, fmt.Errorf("%w: control character in a string at offset %d", errSyntax, d.i)
-		case c < utf8.RuneSelf:
-			d.i++
-		default:
+		default: // not ASCII
 			r, n := utf8.DecodeRune(d.b[d.i:])
 			if r == utf8.RuneError && n == 1 {
 				return false, fmt.Errorf("%w: invalid UTF-8 at offset %d", errSyntax, d.i)

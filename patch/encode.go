@@ -188,14 +188,13 @@ func appendResourceSelector(b []byte, s *corev1.ResourceFieldSelector) ([]byte, 
 	return append(b, '}'), ok
 }
 
-// appendQuantity writes q as Quantity.MarshalJSON does (its canonical
-// form), without MarshalJSON's allocation.
+// appendQuantity writes q as Quantity.MarshalJSON does: the string it was
+// parsed from when ParseQuantity kept it (not always the canonical form:
+// "1.500" stays "1.500"), else the canonical form. String on a copy:
+// it caches the canonical form in its receiver.
 func appendQuantity(b []byte, q *resource.Quantity) ([]byte, bool) {
-	b = append(b, '"')
-	number, suffix := q.CanonicalizeBytes(b[len(b):])
-	b = append(b, number...) // usually onto itself
-	b = append(b, suffix...)
-	return append(b, '"'), true
+	c := *q
+	return jsonstr.Append(b, c.String()), true
 }
 
 func appendVolumeMount(b []byte, m *corev1.VolumeMount) ([]byte, bool) {

@@ -267,11 +267,12 @@ func TestFastPathTaken(t *testing.T) {
 	assert.False(t, ok, "a field the fast path does not write")
 }
 
-// appendQuantity writes what Quantity.MarshalJSON writes, for canonical
-// strings (which ParseQuantity caches) and others, in a buffer with and
-// without room.
+// appendQuantity writes what Quantity.MarshalJSON writes: the parsed
+// string where ParseQuantity keeps it (canonical or not: "1.500", "+1"),
+// the canonical form otherwise, in a buffer with and without room.
 func TestAppendQuantity(t *testing.T) {
-	for _, s := range []string{"0", "1", "1m", "1000m", "0.5", "1e3", "500m", "512Mi", "1.5Gi", "100M", "2k", "1Ki", "-1", "123456789012345678901234567890", "0.000000001", "1n"} {
+	for _, s := range []string{"0", "1", "1m", "1000m", "0.5", "1e3", "500m", "512Mi", "1.5Gi", "100M", "2k", "1Ki", "-1", "123456789012345678901234567890", "0.000000001", "1n",
+		"1.500", "2.250", "+1", "+500m", "+1Ki", "01", "1e03", "1E3"} {
 		q := resource.MustParse(s)
 		want, err := q.MarshalJSON()
 		require.NoError(t, err)
@@ -280,5 +281,11 @@ func TestAppendQuantity(t *testing.T) {
 			require.True(t, ok)
 			assert.Equal(t, "ab,"+string(want), string(b), "%s (room %d)", s, room)
 		}
+		// A quantity built, not parsed, has no string: the canonical form.
+		built := *resource.NewMilliQuantity(q.MilliValue(), q.Format)
+		want, err = built.MarshalJSON()
+		require.NoError(t, err)
+		b, _ := appendQuantity(nil, resource.NewMilliQuantity(q.MilliValue(), q.Format))
+		assert.Equal(t, string(want), string(b), "built from %s", s)
 	}
 }
