@@ -68,6 +68,7 @@ type handler struct {
 	log     *slog.Logger
 	m       *metrics
 	bufPool sync.Pool
+	opsPool sync.Pool // *[]patch.Operation
 }
 
 // Option changes a handler's defaults.
@@ -143,6 +144,7 @@ func NewHandler(cfg mutate.Config, logger *slog.Logger, reg prometheus.Registere
 	}
 	h := &handler{cfg: cfg, mutate: mutate.Pod, log: logger, m: m}
 	h.bufPool.New = func() any { return new(bytes.Buffer) }
+	h.opsPool.New = func() any { return new([]patch.Operation) }
 	h.jobPool.New = func() any { return &job{done: make(chan struct{}, 1)} }
 	for _, o := range opts {
 		o(h)
@@ -249,6 +251,25 @@ func (h *handler) putBuf(b *bytes.Buffer) {
 		h.bufPool.Put(b)
 	}
 }
+
+// putOps returns a review's operations slice to the pool, cleared: its
+// operations point into the review's mutated pod.
+func (h *handler) putOps(buf *[]patch.Operation, ops []patch.Operation) {
+	if cap(ops) > cap(*buf) {
+		*buf = ops
+	}
+	all := (*buf)[:cap(*buf)]
+	clear(all)
+	if cap(all) > maxPooledOps {
+		return
+	}
+	*buf = all[:0]
+	h.opsPool.Put(buf)
+}
+
+// maxPooledOps bounds the slices kept (a pod with thousands of env vars
+// makes one op each).
+const maxPooledOps = 1024
 
 // serve writes the encoded AdmissionReview to body and returns the outcome,
 // or returns an error (an *httpError for the client's faults).
@@ -391,7 +412,9 @@ func (h *handler) review(req *admissionv1.AdmissionRequest, pod *corev1.Pod, pat
 		h.m.skips.WithLabelValues(s.What, s.Reason).Inc()
 	}
 	allowed.Warnings = warnings(report.Skips)
-	ops, err := patch.Pod(pod, mutated)
+	opsBuf := h.opsPool.Get().(*[]patch.Operation)
+	ops, err := patch.AppendPod(*opsBuf, pod, mutated)
+	defer h.putOps(opsBuf, ops) // after the patch is encoded below
 	if err != nil {
 		return OutcomeServerError, nil, fmt.Errorf("build patch: %w", err)
 	}

@@ -356,9 +356,18 @@ func TestLogs(t *testing.T) {
 
 // TestConcurrentReviews: the handler and the config it shares are safe for
 // concurrent use (run with -race), and every answer is for its own request.
+// Reviews of two pods of different shapes, concurrently and alternated,
+// through one handler: its pooled buffers and operation slices carry
+// nothing from one review to the next.
 func TestConcurrentReviews(t *testing.T) {
+	const otherPod = `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"big","namespace":"default","labels":{"podmeta.io/inject":"true","app":"x"}},` +
+		`"spec":{"initContainers":[{"name":"init","image":"i","env":[{"name":"A","value":"1"}]}],"containers":[{"name":"a","image":"a","env":[{"name":"B","value":"2"},{"name":"C","value":"3"}]},` +
+		`{"name":"b","image":"b","volumeMounts":[{"name":"data","mountPath":"/data"}]},{"name":"c","image":"c"}],"volumes":[{"name":"data","emptyDir":{}}]}}`
 	h, _ := newTestHandler(t)
 	want := decodeResponse(t, post(h, "application/json", review("w", "CREATE", "Pod", optedInPod))).Response.Patch
+	fresh, _ := newTestHandler(t)
+	wantOther := decodeResponse(t, post(fresh, "application/json", review("w", "CREATE", "Pod", otherPod))).Response.Patch
+	require.NotEqual(t, string(want), string(wantOther))
 	var wg sync.WaitGroup
 	errs := make(chan string, 64)
 	for w := range 8 {
@@ -367,14 +376,18 @@ func TestConcurrentReviews(t *testing.T) {
 			defer wg.Done()
 			for i := range 25 {
 				uid := fmt.Sprintf("uid-%d-%d", w, i)
-				rec := post(h, "application/json", review(uid, "CREATE", "Pod", optedInPod))
+				pod, patch := optedInPod, want
+				if (w+i)%2 == 1 {
+					pod, patch = otherPod, wantOther
+				}
+				rec := post(h, "application/json", review(uid, "CREATE", "Pod", pod))
 				var out admissionv1.AdmissionReview
 				if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil || out.Response == nil {
 					errs <- fmt.Sprintf("%s: %d %s", uid, rec.Code, rec.Body.String())
 					return
 				}
-				if string(out.Response.UID) != uid || !bytes.Equal(out.Response.Patch, want) {
-					errs <- fmt.Sprintf("%s: got uid %s, same patch %v", uid, out.Response.UID, bytes.Equal(out.Response.Patch, want))
+				if string(out.Response.UID) != uid || !bytes.Equal(out.Response.Patch, patch) {
+					errs <- fmt.Sprintf("%s: got uid %s, same patch %v", uid, out.Response.UID, bytes.Equal(out.Response.Patch, patch))
 					return
 				}
 			}

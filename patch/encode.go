@@ -33,6 +33,8 @@ func Marshal(ops []Operation) ([]byte, error) {
 // Append appends what Marshal returns to b: a caller that reuses its
 // buffer (the webhook pools them) allocates nothing for the patch.
 func Append(b []byte, ops []Operation) ([]byte, error) {
+	var memo [32]envWritten
+	written := memo[:0]
 	b = append(b, '[')
 	for i := range ops {
 		if i > 0 {
@@ -43,13 +45,45 @@ func Append(b []byte, ops []Operation) ([]byte, error) {
 		b = append(b, `,"path":`...)
 		b = jsonstr.Append(b, ops[i].Path)
 		b = append(b, `,"value":`...)
+		e, isEnv := ops[i].Value.(*corev1.EnvVar)
+		if isEnv && e != nil {
+			if at, ok := findEnv(written, e); ok {
+				b = append(append(b, b[at.start:at.end]...), '}')
+				continue
+			}
+		}
+		start := len(b)
 		var err error
 		if b, err = appendValue(b, ops[i].Value); err != nil {
 			return nil, fmt.Errorf("encode patch operation %s %s: %w", ops[i].Op, ops[i].Path, err)
 		}
+		if isEnv && e != nil && len(written) < cap(written) {
+			written = append(written, envWritten{env: *e, start: start, end: len(b)})
+		}
 		b = append(b, '}')
 	}
 	return append(b, ']'), nil
+}
+
+// envWritten is where an env var's JSON is in the patch being written.
+// The env vars podmeta adds to each container are copies of one template
+// (same name, value and source pointer), so each is encoded once and
+// copied for the other containers.
+type envWritten struct {
+	env        corev1.EnvVar
+	start, end int
+}
+
+func findEnv(written []envWritten, e *corev1.EnvVar) (envWritten, bool) {
+	for _, w := range written {
+		// Equal fields encode equally: the source is the same pointer,
+		// not merely an equal value (comparing those would cost what
+		// encoding them does).
+		if w.env == *e {
+			return w, true
+		}
+	}
+	return envWritten{}, false
 }
 
 func appendValue(b []byte, v any) ([]byte, error) {

@@ -2,6 +2,7 @@ package patch
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"testing"
 
@@ -288,4 +289,43 @@ func TestAppendQuantity(t *testing.T) {
 		b, _ := appendQuantity(nil, resource.NewMilliQuantity(q.MilliValue(), q.Format))
 		assert.Equal(t, string(want), string(b), "built from %s", s)
 	}
+}
+
+// Env vars repeated across containers (copies of one template, as mutate
+// adds them) are written once and copied; vars that only look alike (same
+// name and value, another source, or an equal source at another address
+// with other contents) are each written in full. The result is what
+// encoding/json writes either way.
+func TestMarshalRepeatedEnv(t *testing.T) {
+	tmpl := []corev1.EnvVar{
+		{Name: "POD_NAME", ValueFrom: fieldRef("metadata.name")},
+		{Name: "MEM", ValueFrom: resourceRef("", "limits.memory", "1")},
+		{Name: "URL", Value: "http://127.0.0.1:8001"},
+	}
+	var ops []Operation
+	for c := range 3 {
+		for i := range tmpl {
+			e := tmpl[i] // a copy sharing the source, as mutate makes them
+			ops = append(ops, Operation{Op: "add", Path: fmt.Sprintf("/spec/containers/%d/env/-", c), Value: &e})
+		}
+	}
+	lookalikes := []corev1.EnvVar{
+		{Name: "POD_NAME", ValueFrom: fieldRef("metadata.namespace")},
+		{Name: "POD_NAME", ValueFrom: fieldRef("metadata.name")},
+		{Name: "URL", Value: "http://127.0.0.1:9001"},
+		{Name: "MEM", ValueFrom: resourceRef("app", "limits.memory", "1")},
+	}
+	for i := range lookalikes {
+		ops = append(ops, Operation{Op: "add", Path: "/spec/containers/3/env/-", Value: &lookalikes[i]})
+	}
+	for i := range 40 { // more distinct vars than are remembered
+		ops = append(ops, Operation{Op: "add", Path: "/spec/containers/4/env/-", Value: &corev1.EnvVar{Name: fmt.Sprintf("V%d", i), Value: "x"}})
+	}
+	ops = append(ops, Operation{Op: "add", Path: "/spec/containers/5/env/-", Value: &tmpl[0]})
+	want, err := json.Marshal(ops)
+	require.NoError(t, err)
+	got, err := Marshal(ops)
+	require.NoError(t, err)
+	assert.JSONEq(t, string(want), string(got))
+	assert.Equal(t, string(want), string(got))
 }
