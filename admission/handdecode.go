@@ -289,7 +289,7 @@ func (f fieldIndex) decode(dec *scanner, v reflect.Value, name []byte) error {
 	if !ok || fd.skip {
 		return dec.SkipValue()
 	}
-	raw, err := dec.ReadValue() // validated, within the depth limit
+	raw, err := dec.readValueFor() // within the depth limit; Unmarshal validates
 	if err != nil {
 		return err
 	}

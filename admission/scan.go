@@ -101,6 +101,17 @@ func (d *scanner) open(c byte) error {
 // ReadValue reads the next value, validated, and returns it as it is in
 // the input (a string with its quotes).
 func (d *scanner) ReadValue() (jsontext.Value, error) {
+	return d.readValue(true)
+}
+
+// readValueFor reads the next value for jsonv2.Unmarshal, which validates
+// it again: an object or array is only scanned here (and its depth
+// checked against the whole document's limit).
+func (d *scanner) readValueFor() (jsontext.Value, error) {
+	return d.readValue(false)
+}
+
+func (d *scanner) readValue(validate bool) (jsontext.Value, error) {
 	d.ws()
 	if d.i == len(d.b) {
 		return nil, errEnd
@@ -111,7 +122,7 @@ func (d *scanner) ReadValue() (jsontext.Value, error) {
 	case '"':
 		_, err = d.scanString()
 	case '{', '[':
-		err = d.skipComposite()
+		err = d.skipComposite(validate)
 	case 't':
 		err = d.literal("true")
 	case 'f':
@@ -232,7 +243,7 @@ func (d *scanner) scanNumber() error {
 // scan finds its end and its depth, then jsontext validates it (the
 // members the hand decoders do not read are few and small, except a real
 // review's managedFields).
-func (d *scanner) skipComposite() error {
+func (d *scanner) skipComposite(validate bool) error {
 	start, depth, deepest := d.i, 0, 0
 	for d.i < len(d.b) {
 		switch d.b[d.i] {
@@ -263,7 +274,7 @@ func (d *scanner) skipComposite() error {
 			if d.depth+deepest > maxDepth {
 				return errDepth
 			}
-			if !jsontext.Value(d.b[start:d.i]).IsValid() {
+			if validate && !jsontext.Value(d.b[start:d.i]).IsValid() {
 				return errSyntax
 			}
 			return nil
