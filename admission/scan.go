@@ -325,10 +325,7 @@ func object(dec *scanner, member func(name []byte) error) error {
 	if err := dec.open('{'); err != nil {
 		return err
 	}
-	dec.ws()
-	if dec.i < len(dec.b) && dec.b[dec.i] == '}' {
-		dec.i++
-		dec.depth--
+	if dec.closed('}') {
 		return nil
 	}
 	var seen names
@@ -346,21 +343,40 @@ func object(dec *scanner, member func(name []byte) error) error {
 		if err := member(name); err != nil {
 			return err
 		}
-		dec.ws()
-		if dec.i == len(dec.b) {
-			return errEnd
-		}
-		switch dec.b[dec.i] {
-		case ',':
-			dec.i++
-		case '}':
-			dec.i++
-			dec.depth--
-			return nil
-		default:
-			return fmt.Errorf("%w: want ',' or '}' at offset %d", errSyntax, dec.i)
+		if more, err := dec.more('}'); !more {
+			return err
 		}
 	}
+}
+
+// closed consumes close if it comes next (an empty object or array).
+func (d *scanner) closed(close byte) bool {
+	d.ws()
+	if d.i < len(d.b) && d.b[d.i] == close {
+		d.i++
+		d.depth--
+		return true
+	}
+	return false
+}
+
+// more reads what follows a member or element: a comma (true) or close
+// (false, nil).
+func (d *scanner) more(close byte) (bool, error) {
+	d.ws()
+	if d.i == len(d.b) {
+		return false, errEnd
+	}
+	switch d.b[d.i] {
+	case ',':
+		d.i++
+		return true, nil
+	case close:
+		d.i++
+		d.depth--
+		return false, nil
+	}
+	return false, fmt.Errorf("%w: want ',' or %q at offset %d", errSyntax, close, d.i)
 }
 
 // names are an object's names so far: a few compared one by one (the
@@ -403,29 +419,15 @@ func elements(dec *scanner, elem func() error) error {
 	if err := dec.open('['); err != nil {
 		return err
 	}
-	dec.ws()
-	if dec.i < len(dec.b) && dec.b[dec.i] == ']' {
-		dec.i++
-		dec.depth--
+	if dec.closed(']') {
 		return nil
 	}
 	for {
 		if err := elem(); err != nil {
 			return err
 		}
-		dec.ws()
-		if dec.i == len(dec.b) {
-			return errEnd
-		}
-		switch dec.b[dec.i] {
-		case ',':
-			dec.i++
-		case ']':
-			dec.i++
-			dec.depth--
-			return nil
-		default:
-			return fmt.Errorf("%w: want ',' or ']' at offset %d", errSyntax, dec.i)
+		if more, err := dec.more(']'); !more {
+			return err
 		}
 	}
 }
