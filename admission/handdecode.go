@@ -1,7 +1,6 @@
 package admission
 
 import (
-	"bytes"
 	"fmt"
 	"hash/maphash"
 	"reflect"
@@ -12,7 +11,6 @@ import (
 	"sync/atomic"
 
 	jsonv2 "github.com/go-json-experiment/json"
-	"github.com/go-json-experiment/json/jsontext"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -36,18 +34,15 @@ import (
 
 // stringValue reads a string; null is "".
 func stringValue(dec *scanner) (string, error) {
-	raw, err := dec.ReadValue()
-	if err != nil {
-		return "", err
-	}
-	switch raw.Kind() {
+	switch k := dec.PeekKind(); k {
 	case '"':
-		b, err := unquote(raw)
+		b, err := dec.readString()
 		return intern(b), err
 	case 'n':
-		return "", nil
+		return "", dec.readNull()
+	default:
+		return "", fmt.Errorf("want a string, got %v", k)
 	}
-	return "", fmt.Errorf("want a string, got %v", raw.Kind())
 }
 
 // internTable holds recently decoded short strings, shared by all reviews:
@@ -673,14 +668,10 @@ func cpuMemory(dec *scanner) (l corev1.ResourceList, err error) {
 		default:
 			return dec.SkipValue()
 		}
-		raw, err := dec.ReadValue()
-		if err != nil {
-			return err
-		}
-		if raw.Kind() != '"' {
+		if dec.PeekKind() != '"' {
 			return fmt.Errorf("quantity %s: want a string", res)
 		}
-		v, err := unquote(raw)
+		v, err := dec.readString()
 		if err != nil {
 			return err
 		}
@@ -737,13 +728,4 @@ func isInt64Quantity(q *resource.Quantity) bool {
 	}
 	dec := d.FieldByName("Dec")
 	return dec.IsValid() && dec.Kind() == reflect.Pointer && dec.IsNil()
-}
-
-// unquote returns a JSON string's contents: raw itself, unquoted, when it
-// has no escapes (valid as long as raw), else a copy with them decoded.
-func unquote(raw jsontext.Value) ([]byte, error) {
-	if bytes.IndexByte(raw, '\\') < 0 {
-		return raw[1 : len(raw)-1], nil
-	}
-	return jsontext.AppendUnquote(nil, raw)
 }

@@ -152,11 +152,12 @@ func (d *scanner) literal(lit string) error {
 	return nil
 }
 
-// scanString validates the string at the cursor and moves past it;
-// escaped reports whether it has escapes (jsontext.AppendUnquote, which
-// validates them, reads those).
-func (d *scanner) scanString() (escaped bool, err error) {
+// scanString validates the string at the cursor, moves past it and
+// returns its contents: a slice of the input when it has no escapes, else
+// what jsontext.AppendUnquote (which validates them) makes of it.
+func (d *scanner) scanString() (contents []byte, err error) {
 	start := d.i
+	escaped := false
 	d.i++ // the quote
 	for d.i < len(d.b) {
 		if stringPlain[d.b[d.i]] {
@@ -169,25 +170,23 @@ func (d *scanner) scanString() (escaped bool, err error) {
 			d.i++
 			if escaped {
 				// \u escapes: valid hex, surrogates in pairs.
-				if _, err := jsontext.AppendUnquote(nil, d.b[start:d.i]); err != nil {
-					return false, err
-				}
+				return jsontext.AppendUnquote(nil, d.b[start:d.i])
 			}
-			return escaped, nil
+			return d.b[start+1 : d.i-1], nil
 		case c == '\\':
 			escaped = true
 			d.i += 2 // the escaped byte is checked by AppendUnquote
 		case c < 0x20:
-			return false, fmt.Errorf("%w: control character in a string at offset %d", errSyntax, d.i)
+			return nil, fmt.Errorf("%w: control character in a string at offset %d", errSyntax, d.i)
 		default: // not ASCII
 			r, n := utf8.DecodeRune(d.b[d.i:])
 			if r == utf8.RuneError && n == 1 {
-				return false, fmt.Errorf("%w: invalid UTF-8 at offset %d", errSyntax, d.i)
+				return nil, fmt.Errorf("%w: invalid UTF-8 at offset %d", errSyntax, d.i)
 			}
 			d.i += n
 		}
 	}
-	return false, errEnd
+	return nil, errEnd
 }
 
 // stringPlain marks the bytes a string holds as they are: printable ASCII
@@ -303,15 +302,7 @@ func (d *scanner) readString() ([]byte, error) {
 	if d.b[d.i] != '"' {
 		return nil, fmt.Errorf("%w: want a string at offset %d", errSyntax, d.i)
 	}
-	start := d.i
-	escaped, err := d.scanString()
-	if err != nil {
-		return nil, err
-	}
-	if !escaped {
-		return d.b[start+1 : d.i-1], nil
-	}
-	return jsontext.AppendUnquote(nil, d.b[start:d.i])
+	return d.scanString()
 }
 
 // object reads an object's members, calling member with each name
